@@ -1,0 +1,1791 @@
+//! The broker: one virtual host's exchanges, queues and bindings.
+//!
+//! # Locking: how publishers and binding changes stay out of each other's way
+//!
+//! Publishing takes only *read* locks on the routing table: a read lock on the
+//! exchange map to find the exchange (a hash lookup, then the lock is dropped),
+//! and a read lock on that exchange's binding index while it is matched
+//! (the topic trie's match allocates nothing and takes time proportional to the
+//! key, not the number of bindings). Many publishers route at once.
+//!
+//! A binding change takes the *write* lock of one exchange's index for the
+//! time of one insert or removal in that index (a trie insert is proportional
+//! to the pattern's length): publishers to other exchanges never wait, and
+//! publishers to the same exchange wait at most that long. No lock is held
+//! across exchanges, queues or user code.
+//!
+//! Then each destination queue's own mutex is taken in turn to enqueue. The
+//! global lock order is: exchange map / queue map, then an exchange's
+//! bindings, then a queue, then a consumer's inbox. Work that would need a
+//! lock earlier in that order (publishing a dead letter, deleting an
+//! auto-delete queue) is collected and done after the later locks are
+//! released.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::hash_map::RandomState;
+use std::collections::{BinaryHeap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::clock::{unix_seconds, Clock};
+use crate::consumer::{Consumer, ConsumerShared, Delivery};
+use crate::error::{Error, Result};
+use crate::exchange::{Dest, Exchange};
+use crate::field::{AMQPValue, FieldTable};
+use crate::message::{Content, Message};
+use crate::options::{
+    BrokerOptions, ConsumeOptions, ExchangeDeclareOptions, ExchangeKind, GetOptions, Overflow,
+    OwnerId, QueueDeclareOk, QueueDeclareOptions, QueueDeleteOptions,
+};
+use crate::queue::{AfterUnlock, Counters, DeadLetter, Offer, Queue, QueueConfig};
+use crate::stats::{BrokerStats, ExchangeStats, QueueStats};
+
+/// The owner that in-process exclusive declares without an owner get.
+const PROCESS_OWNER: OwnerId = OwnerId(0);
+
+/// An in-process broker: one virtual host.
+///
+/// A cheap handle: clones share the same broker. Every `Broker::new()` is a
+/// separate, isolated broker.
+///
+/// # Examples
+///
+/// ```
+/// use warren_core::{Broker, ConsumeOptions, ExchangeKind, QueueDeclareOptions};
+///
+/// let broker = Broker::new();
+/// broker.declare_exchange("logs", ExchangeKind::Topic, Default::default())?;
+/// broker.declare_queue("errors", QueueDeclareOptions::default())?;
+/// broker.bind_queue("errors", "logs", "*.error", &Default::default())?;
+///
+/// let consumer = broker.consume("errors", ConsumeOptions::default())?;
+/// let outcome = broker.publish("logs", "db.error", "disk full")?;
+/// assert_eq!(outcome.routed, 1);
+///
+/// let delivery = consumer.recv()?;
+/// assert_eq!(&delivery.body()[..], b"disk full");
+/// delivery.ack();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<BrokerInner>,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("vhost", &self.inner.vhost)
+            .finish()
+    }
+}
+
+impl Default for Broker {
+    fn default() -> Self {
+        Broker::new()
+    }
+}
+
+/// What a publish did: how many queues took the message and how many refused
+/// it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Queues that accepted a copy.
+    pub routed: u32,
+    /// Queues that refused it under `reject-publish` / `reject-publish-dlx`.
+    pub rejected: u32,
+}
+
+impl Published {
+    /// No queue was reached: a `mandatory` publisher gets `basic.return` (312
+    /// NO_ROUTE).
+    pub fn is_unroutable(&self) -> bool {
+        self.routed == 0 && self.rejected == 0
+    }
+
+    /// Some queue refused it: a publisher under confirms gets `basic.nack`.
+    pub fn is_rejected(&self) -> bool {
+        self.rejected > 0
+    }
+}
+
+/// Why a publish failed; hands the message back.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker refused the publish (404 no such exchange, 403 internal
+    /// exchange, 406 bad `expiration` or `CC`).
+    #[error("{error}")]
+    Refused {
+        /// The AMQP error.
+        error: Error,
+        /// The message, unpublished.
+        message: Message,
+    },
+    /// `try_publish` only: a `block` queue is full; nothing was published.
+    #[error("a queue with overflow 'block' is full")]
+    Full(Message),
+}
+
+impl PublishError {
+    /// The message, unpublished.
+    pub fn into_message(self) -> Message {
+        match self {
+            PublishError::Refused { message, .. } | PublishError::Full(message) => message,
+        }
+    }
+
+    /// The AMQP error, for [`PublishError::Refused`].
+    pub fn error(&self) -> Option<&Error> {
+        match self {
+            PublishError::Refused { error, .. } => Some(error),
+            PublishError::Full(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Gone {
+    counters: Counters,
+    acked: u64,
+}
+
+pub(crate) struct BrokerInner {
+    vhost: String,
+    clock: Clock,
+    exchanges: RwLock<HashMap<Arc<str>, Arc<Exchange>>>,
+    queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
+    ids: AtomicU64,
+    owners: AtomicU64,
+    names: RandomState,
+    timer: Arc<Timer>,
+    /// Counters of deleted queues, so broker totals never go backwards.
+    gone: Mutex<Gone>,
+    this: Weak<BrokerInner>,
+}
+
+impl fmt::Debug for BrokerInner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerInner")
+            .field("vhost", &self.vhost)
+            .finish()
+    }
+}
+
+impl Drop for BrokerInner {
+    fn drop(&mut self) {
+        let mut t = self.timer.state.lock();
+        t.shutdown = true;
+        self.timer.cv.notify_all();
+    }
+}
+
+/// Publish scratch space reused per thread (taken, not borrowed, so a
+/// re-entrant publish gets its own).
+#[derive(Default)]
+struct Scratch {
+    queues: Vec<Arc<Queue>>,
+    dests: Vec<Dest>,
+    work: Vec<Arc<Exchange>>,
+    visited: Vec<u64>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// A message routed and ready to offer to its queues.
+struct Prepared {
+    exchange: Arc<Exchange>,
+    content: Arc<Content>,
+    ttl: Option<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Park the thread while a `block` queue is full.
+    Block,
+    /// Never wait: `block` queues were checked for room beforehand.
+    Never,
+}
+
+impl Broker {
+    /// A new, empty broker with virtual host `/` and the predefined exchanges.
+    pub fn new() -> Self {
+        Broker::with_options(BrokerOptions::default())
+    }
+
+    /// A new broker with these options.
+    pub fn with_options(options: BrokerOptions) -> Self {
+        let clock = match options.clock {
+            Some(m) => Clock::Manual(m),
+            None => Clock::System(Instant::now()),
+        };
+        let inner = Arc::new_cyclic(|this| BrokerInner {
+            vhost: options.vhost,
+            clock,
+            exchanges: RwLock::new(HashMap::new()),
+            queues: RwLock::new(HashMap::new()),
+            ids: AtomicU64::new(1),
+            owners: AtomicU64::new(1),
+            names: RandomState::new(),
+            timer: Arc::new(Timer::default()),
+            gone: Mutex::new(Gone::default()),
+            this: this.clone(),
+        });
+        {
+            let mut map = inner.exchanges.write();
+            for (name, kind) in [
+                ("", ExchangeKind::Direct),
+                ("amq.direct", ExchangeKind::Direct),
+                ("amq.fanout", ExchangeKind::Fanout),
+                ("amq.topic", ExchangeKind::Topic),
+                ("amq.headers", ExchangeKind::Headers),
+                ("amq.match", ExchangeKind::Headers),
+            ] {
+                let name: Arc<str> = Arc::from(name);
+                let x = Exchange::new(
+                    inner.next_id(),
+                    name.clone(),
+                    kind,
+                    true,
+                    false,
+                    false,
+                    FieldTable::new(),
+                );
+                map.insert(name, Arc::new(x));
+            }
+        }
+        Broker { inner }
+    }
+
+    /// The virtual host's name.
+    pub fn vhost(&self) -> &str {
+        &self.inner.vhost
+    }
+
+    /// A fresh owner identity for exclusive queues (a connection, in AMQP).
+    pub fn new_owner(&self) -> OwnerId {
+        OwnerId(self.inner.owners.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Deletes every exclusive queue of `owner` (its connection closed).
+    pub fn release_owner(&self, owner: OwnerId) {
+        let mine: Vec<Arc<Queue>> = self
+            .inner
+            .queues
+            .read()
+            .values()
+            .filter(|q| q.config.exclusive == Some(owner))
+            .cloned()
+            .collect();
+        for q in mine {
+            self.inner.remove_queue(&q);
+        }
+    }
+
+    /// Declares an exchange, or checks an existing one is equivalent.
+    ///
+    /// # Errors
+    ///
+    /// 404 for a passive declare of a missing exchange; 403 for a new name
+    /// starting with `amq.` or for the default exchange; 406 when an exchange of
+    /// that name exists with another type, `durable`, `auto_delete`,
+    /// `internal` or `alternate-exchange`.
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        kind: ExchangeKind,
+        options: ExchangeDeclareOptions,
+    ) -> Result<()> {
+        let inner = &self.inner;
+        if name.is_empty() {
+            return Err(Error::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        if options.passive {
+            return inner.exchange(name).map(drop);
+        }
+        let mut map = inner.exchanges.write();
+        if let Some(x) = map.get(name) {
+            return inner.exchange_equivalent(x, kind, &options);
+        }
+        if name.starts_with("amq.") {
+            return Err(Error::AccessRefused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let name: Arc<str> = Arc::from(name);
+        let x = Exchange::new(
+            inner.next_id(),
+            name.clone(),
+            kind,
+            options.durable,
+            options.auto_delete,
+            options.internal,
+            options.arguments,
+        );
+        map.insert(name, Arc::new(x));
+        Ok(())
+    }
+
+    /// Deletes an exchange and every binding from or to it. Deleting a
+    /// missing exchange succeeds.
+    ///
+    /// # Errors
+    ///
+    /// 403 for the default and `amq.` exchanges; 406 with `if_unused` when it
+    /// has bindings.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<()> {
+        if name.is_empty() {
+            return Err(Error::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        if name.starts_with("amq.") {
+            return Err(Error::AccessRefused(format!(
+                "operation not permitted on exchange '{name}' in vhost '{}'",
+                self.inner.vhost
+            )));
+        }
+        let Some(x) = self.inner.exchanges.read().get(name).cloned() else {
+            return Ok(());
+        };
+        if if_unused && !x.bindings.read().list.is_empty() {
+            return Err(Error::PreconditionFailed(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.inner.vhost
+            )));
+        }
+        self.inner.remove_exchange(&x);
+        Ok(())
+    }
+
+    /// Declares a queue, or checks an existing one is equivalent. An empty
+    /// name makes the server choose one (`amq.gen-…`).
+    ///
+    /// # Errors
+    ///
+    /// 404 for a passive declare of a missing queue; 403 for a new name
+    /// starting with `amq.`; 405 for another owner's exclusive queue; 406 for
+    /// an invalid argument, or when the queue exists with another `durable`,
+    /// `auto_delete` or known `x-` argument (RabbitMQ's wording:
+    /// `inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true'
+    /// but current is 'false'`).
+    pub fn declare_queue(
+        &self,
+        name: &str,
+        options: QueueDeclareOptions,
+    ) -> Result<QueueDeclareOk> {
+        let inner = &self.inner;
+        let now = inner.now();
+        if options.passive {
+            let q = inner.queue(name)?;
+            inner.check_owner(&q, options.owner)?;
+            return Ok(q.touch_and_report(now));
+        }
+        let name: Arc<str> = if name.is_empty() {
+            Arc::from(inner.generate_name("amq.gen-").as_str())
+        } else {
+            Arc::from(name)
+        };
+        let config = parse_queue_config(&name, &inner.vhost, &options)?;
+        let q = {
+            let mut map = inner.queues.write();
+            if let Some(q) = map.get(&name) {
+                let q = q.clone();
+                drop(map);
+                inner.check_owner(&q, options.owner.or(config.exclusive))?;
+                queue_equivalent(&q, &config, &inner.vhost)?;
+                return Ok(q.touch_and_report(now));
+            }
+            if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
+                return Err(Error::AccessRefused(format!(
+                    "queue name '{name}' contains reserved prefix 'amq.*'"
+                )));
+            }
+            let q = Arc::new(Queue::new(
+                inner.next_id(),
+                name.clone(),
+                config,
+                inner.this.clone(),
+                now,
+            ));
+            map.insert(name.clone(), q.clone());
+            q
+        };
+        let mut after = AfterUnlock::default();
+        q.plan_timer(&mut q.state.lock(), &mut after);
+        inner.finish(after);
+        Ok(QueueDeclareOk {
+            queue: name.to_string(),
+            message_count: 0,
+            consumer_count: 0,
+        })
+    }
+
+    /// Deletes a queue: its ready messages go, its consumers are cancelled.
+    /// Returns how many ready messages it held. Deleting a missing queue
+    /// succeeds with 0.
+    ///
+    /// # Errors
+    ///
+    /// 405 for another owner's exclusive queue; 406 with `if_unused` when it
+    /// has consumers, with `if_empty` when it has ready messages.
+    pub fn delete_queue(&self, name: &str, options: QueueDeleteOptions) -> Result<u64> {
+        let inner = &self.inner;
+        let Some(q) = inner.queues.read().get(name).cloned() else {
+            return Ok(0);
+        };
+        inner.check_owner(&q, options.owner)?;
+        {
+            let st = q.state.lock();
+            if options.if_unused && !st.consumers.is_empty() {
+                return Err(Error::PreconditionFailed(format!(
+                    "queue '{name}' in vhost '{}' in use",
+                    inner.vhost
+                )));
+            }
+            if options.if_empty && !st.ready.is_empty() {
+                return Err(Error::PreconditionFailed(format!(
+                    "queue '{name}' in vhost '{}' is not empty",
+                    inner.vhost
+                )));
+            }
+        }
+        Ok(inner.remove_queue(&q))
+    }
+
+    /// Removes every ready message from a queue; returns how many. Unacked
+    /// messages are not touched.
+    ///
+    /// # Errors
+    ///
+    /// 404 for a missing queue.
+    pub fn purge_queue(&self, name: &str) -> Result<u64> {
+        let q = self.inner.queue(name)?;
+        let n = q.purge(&mut q.state.lock());
+        Ok(n)
+    }
+
+    /// Binds a queue to an exchange. Binding the same thing twice is a no-op.
+    ///
+    /// # Errors
+    ///
+    /// 404 for a missing queue or exchange; 403 for the default exchange; 406
+    /// for a headers binding with an invalid `x-match`.
+    pub fn bind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<()> {
+        let x = self.inner.bindable(exchange)?;
+        let q = self.inner.queue(queue)?;
+        let r = x
+            .bindings
+            .write()
+            .add(Dest::Queue(q), routing_key, arguments);
+        r
+    }
+
+    /// Removes a binding made by [`bind_queue`](Self::bind_queue); the
+    /// arguments must be the same. A missing binding is not an error.
+    ///
+    /// # Errors
+    ///
+    /// 404 for a missing queue or exchange; 403 for the default exchange.
+    pub fn unbind_queue(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<()> {
+        let x = self.inner.bindable(exchange)?;
+        let q = self.inner.queue(queue)?;
+        self.inner.unbind(&x, q.id, routing_key, arguments);
+        Ok(())
+    }
+
+    /// Binds exchange `destination` to exchange `source`: what `source` routes
+    /// with this key goes on through `destination`.
+    ///
+    /// # Errors
+    ///
+    /// 404 for a missing exchange; 403 for the default exchange; 406 for a
+    /// headers binding with an invalid `x-match`.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<()> {
+        let src = self.inner.bindable(source)?;
+        let dst = self.inner.bindable(destination)?;
+        let r = src
+            .bindings
+            .write()
+            .add(Dest::Exchange(dst), routing_key, arguments);
+        r
+    }
+
+    /// Removes an exchange-to-exchange binding. A missing binding is not an
+    /// error.
+    ///
+    /// # Errors
+    ///
+    /// 404 for a missing exchange; 403 for the default exchange.
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Result<()> {
+        let src = self.inner.bindable(source)?;
+        let dst = self.inner.bindable(destination)?;
+        self.inner.unbind(&src, dst.id, routing_key, arguments);
+        Ok(())
+    }
+
+    /// Publishes a message. Never waits, except for room in a queue whose
+    /// overflow is `block`: then the thread parks until there is room.
+    ///
+    /// Returns what happened: how many queues took it, how many refused it.
+    ///
+    /// # Errors
+    ///
+    /// [`PublishError::Refused`] for a missing exchange (404), an internal
+    /// exchange (403), an `expiration` that is not a non-negative integer or a
+    /// `CC`/`BCC` header that is not an array (406). The message comes back.
+    pub fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: impl Into<Message>,
+    ) -> Result<Published, PublishError> {
+        self.inner
+            .publish(exchange, routing_key, message.into(), Wait::Block)
+    }
+
+    /// Publishes without ever waiting.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish), plus [`PublishError::Full`] when a
+    /// `block` queue it routes to is full (then no queue gets it). Under
+    /// concurrent publishers a `block` queue may go over its bound by at most
+    /// one message per publisher racing past the room check.
+    pub fn try_publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: impl Into<Message>,
+    ) -> Result<Published, PublishError> {
+        self.inner
+            .publish(exchange, routing_key, message.into(), Wait::Never)
+    }
+
+    /// Publishes, waiting asynchronously for room in `block` queues.
+    ///
+    /// Routing and validation happen when this is called; the future offers the
+    /// message to its queues in turn.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe while it waits for room: dropping the future then means
+    /// the waiting queue and those after it do not get the message (queues
+    /// before it already have it). Without `block` queues the first poll
+    /// completes it.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish).
+    pub fn publish_async(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: impl Into<Message>,
+    ) -> PublishAsync {
+        let mut queues = Vec::new();
+        let state = match self.inner.prepare(
+            exchange,
+            routing_key,
+            message.into(),
+            &mut queues,
+            &mut Scratch::default(),
+        ) {
+            Ok(p) => Ok(p),
+            Err(e) => Err(Some(e)),
+        };
+        PublishAsync {
+            broker: self.inner.clone(),
+            state,
+            queues,
+            next: 0,
+            outcome: Published::default(),
+            key: 0,
+        }
+    }
+
+    /// Starts a consumer on a queue.
+    ///
+    /// # Errors
+    ///
+    /// 404 for a missing queue; 405 for another owner's exclusive queue; 403
+    /// when the queue has an exclusive consumer, or when `exclusive` is asked
+    /// and it has consumers; 530 for a consumer tag already in use on it.
+    pub fn consume(&self, queue: &str, options: ConsumeOptions) -> Result<Consumer> {
+        let inner = &self.inner;
+        let q = inner.queue(queue)?;
+        inner.check_owner(&q, options.owner)?;
+        let tag: Arc<str> = if options.consumer_tag.is_empty() {
+            Arc::from(inner.generate_name("amq.ctag-").as_str())
+        } else {
+            Arc::from(options.consumer_tag.as_str())
+        };
+        let shared = Arc::new(ConsumerShared::new(
+            inner.next_id(),
+            tag.clone(),
+            options.prefetch,
+            options.no_ack,
+            options.exclusive,
+        ));
+        let now = inner.now();
+        let mut after = AfterUnlock::default();
+        {
+            let mut st = q.state.lock();
+            if st.deleted {
+                return Err(inner.no_queue(queue));
+            }
+            if st.has_exclusive_consumer || (options.exclusive && !st.consumers.is_empty()) {
+                return Err(Error::AccessRefused(format!(
+                    "queue '{queue}' in vhost '{}' in exclusive use",
+                    inner.vhost
+                )));
+            }
+            if st.consumers.iter().any(|c| c.tag == tag) {
+                return Err(Error::NotAllowed(format!(
+                    "attempt to reuse consumer tag '{tag}'"
+                )));
+            }
+            st.has_exclusive_consumer = options.exclusive;
+            st.had_consumer = true;
+            st.last_used = now;
+            st.consumers.push(shared.clone());
+            q.dispatch(&mut st, now, &mut after);
+        }
+        inner.finish(after);
+        Ok(Consumer::new(shared, q))
+    }
+
+    /// Takes one message from a queue, if any (AMQP's `basic.get`).
+    ///
+    /// # Errors
+    ///
+    /// 404 for a missing queue; 405 for another owner's exclusive queue.
+    pub fn get(&self, queue: &str, options: GetOptions) -> Result<Option<Delivery>> {
+        let inner = &self.inner;
+        let q = inner.queue(queue)?;
+        inner.check_owner(&q, options.owner)?;
+        let now = inner.now();
+        let mut after = AfterUnlock::default();
+        let got = q.get(&mut q.state.lock(), now, options.no_ack, &mut after);
+        inner.finish(after);
+        Ok(got.map(|(e, left)| {
+            let tag = q.next_get_tag();
+            Delivery::from_get(e, q.clone(), tag, left, options.no_ack)
+        }))
+    }
+
+    /// Runs TTL expiry and `x-expires` leases now. The broker's timer does this
+    /// by itself; call it when the broker runs on a
+    /// [`ManualClock`](crate::ManualClock), after advancing it.
+    pub fn run_expiry(&self) {
+        let queues: Vec<Arc<Queue>> = self.inner.queues.read().values().cloned().collect();
+        for q in queues {
+            self.inner.run_queue_timer(&q);
+        }
+    }
+
+    /// A snapshot of one queue's counters.
+    ///
+    /// # Errors
+    ///
+    /// 404 for a missing queue.
+    pub fn queue_stats(&self, name: &str) -> Result<QueueStats> {
+        let q = self.inner.queue(name)?;
+        Ok(queue_stats(&q))
+    }
+
+    /// A snapshot of every queue's and exchange's counters.
+    pub fn stats(&self) -> BrokerStats {
+        let mut queues: Vec<QueueStats> = self
+            .inner
+            .queues
+            .read()
+            .values()
+            .map(|q| queue_stats(q))
+            .collect();
+        queues.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut exchanges: Vec<ExchangeStats> = self
+            .inner
+            .exchanges
+            .read()
+            .values()
+            .map(|x| ExchangeStats {
+                name: x.name.to_string(),
+                published: x.published.load(Ordering::Relaxed),
+                routed: x.routed.load(Ordering::Relaxed),
+                unroutable: x.unroutable.load(Ordering::Relaxed),
+            })
+            .collect();
+        exchanges.sort_by(|a, b| a.name.cmp(&b.name));
+        let gone = self.inner.gone.lock();
+        BrokerStats {
+            dropped: gone.counters.dropped + queues.iter().map(|q| q.dropped).sum::<u64>(),
+            dead_lettered: gone.counters.dead_lettered
+                + queues.iter().map(|q| q.dead_lettered).sum::<u64>(),
+            expired: gone.counters.expired + queues.iter().map(|q| q.expired).sum::<u64>(),
+            unroutable: exchanges.iter().map(|x| x.unroutable).sum(),
+            queues,
+            exchanges,
+        }
+    }
+
+    /// Counters summed over every queue this broker ever had, deleted ones
+    /// included: for conservation checks.
+    pub fn totals(&self) -> QueueStats {
+        let mut t = QueueStats {
+            name: String::new(),
+            ..QueueStats::default()
+        };
+        {
+            let gone = self.inner.gone.lock();
+            add_counters(&mut t, &gone.counters);
+            t.acked += gone.acked;
+        }
+        for q in self.inner.queues.read().values() {
+            let s = queue_stats(q);
+            t.ready += s.ready;
+            t.unacked += s.unacked;
+            t.consumers += s.consumers;
+            t.enqueued += s.enqueued;
+            t.acked += s.acked;
+            t.discarded += s.discarded;
+            t.dropped += s.dropped;
+            t.rejected += s.rejected;
+            t.expired += s.expired;
+            t.purged += s.purged;
+            t.deleted += s.deleted;
+            t.dead_lettered += s.dead_lettered;
+        }
+        t
+    }
+
+    /// Names of the queues, sorted.
+    pub fn queue_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .queues
+            .read()
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Names of the exchanges, sorted (`""` is the default exchange).
+    pub fn exchange_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .exchanges
+            .read()
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Whether a queue of this name exists.
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.inner.queues.read().contains_key(name)
+    }
+
+    /// Whether an exchange of this name exists.
+    pub fn has_exchange(&self, name: &str) -> bool {
+        self.inner.exchanges.read().contains_key(name)
+    }
+}
+
+fn add_counters(t: &mut QueueStats, c: &Counters) {
+    t.enqueued += c.enqueued;
+    t.discarded += c.discarded;
+    t.dropped += c.dropped;
+    t.rejected += c.rejected;
+    t.expired += c.expired;
+    t.purged += c.purged;
+    t.deleted += c.deleted;
+    t.dead_lettered += c.dead_lettered;
+}
+
+fn queue_stats(q: &Queue) -> QueueStats {
+    let st = q.state.lock();
+    let mut s = QueueStats {
+        name: q.name.to_string(),
+        ready: st.ready.len() as u64,
+        unacked: q.unacked.load(Ordering::Relaxed),
+        consumers: st.consumers.len() as u32,
+        acked: q.acked.load(Ordering::Relaxed),
+        ..QueueStats::default()
+    };
+    add_counters(&mut s, &st.counters);
+    s
+}
+
+impl Queue {
+    fn touch_and_report(&self, now: u64) -> QueueDeclareOk {
+        let mut st = self.state.lock();
+        st.last_used = now;
+        QueueDeclareOk {
+            queue: self.name.to_string(),
+            message_count: st.ready.len() as u64,
+            consumer_count: st.consumers.len() as u32,
+        }
+    }
+}
+
+impl BrokerInner {
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn next_id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn generate_name(&self, prefix: &str) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut h = self.names.build_hasher();
+        h.write_u64(self.next_id());
+        let mut a = h.finish();
+        let mut h2 = self.names.build_hasher();
+        h2.write_u64(a);
+        let mut b = h2.finish();
+        let mut s = String::with_capacity(prefix.len() + 22);
+        s.push_str(prefix);
+        for i in 0..22 {
+            let src = if i < 11 { &mut a } else { &mut b };
+            s.push(ALPHABET[(*src & 63) as usize] as char);
+            *src >>= 6;
+        }
+        s
+    }
+
+    fn no_queue(&self, name: &str) -> Error {
+        Error::NotFound(format!("no queue '{name}' in vhost '{}'", self.vhost))
+    }
+
+    fn exchange(&self, name: &str) -> Result<Arc<Exchange>> {
+        self.exchanges.read().get(name).cloned().ok_or_else(|| {
+            Error::NotFound(format!("no exchange '{name}' in vhost '{}'", self.vhost))
+        })
+    }
+
+    /// An exchange that may take part in bindings (not the default one).
+    fn bindable(&self, name: &str) -> Result<Arc<Exchange>> {
+        if name.is_empty() {
+            return Err(Error::AccessRefused(
+                "operation not permitted on the default exchange".into(),
+            ));
+        }
+        self.exchange(name)
+    }
+
+    fn queue(&self, name: &str) -> Result<Arc<Queue>> {
+        self.queues
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| self.no_queue(name))
+    }
+
+    fn check_owner(&self, q: &Queue, caller: Option<OwnerId>) -> Result<()> {
+        match (q.config.exclusive, caller) {
+            (Some(owner), Some(c)) if owner != c => Err(Error::ResourceLocked(format!(
+                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                q.name, self.vhost
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn exchange_equivalent(
+        &self,
+        x: &Exchange,
+        kind: ExchangeKind,
+        o: &ExchangeDeclareOptions,
+    ) -> Result<()> {
+        let ineq = |arg: &str, got: &dyn fmt::Display, cur: &dyn fmt::Display| {
+            Err(Error::PreconditionFailed(format!(
+                "inequivalent arg '{arg}' for exchange '{}' in vhost '{}': received '{got}' but current is '{cur}'",
+                x.name, self.vhost
+            )))
+        };
+        if x.kind != kind {
+            return ineq("type", &kind, &x.kind);
+        }
+        if x.durable != o.durable {
+            return ineq("durable", &o.durable, &x.durable);
+        }
+        if x.auto_delete != o.auto_delete {
+            return ineq("auto_delete", &o.auto_delete, &x.auto_delete);
+        }
+        if x.internal != o.internal {
+            return ineq("internal", &o.internal, &x.internal);
+        }
+        let got = o
+            .arguments
+            .get("alternate-exchange")
+            .and_then(AMQPValue::as_str);
+        if got != x.alternate.as_deref() {
+            return Err(Error::PreconditionFailed(format!(
+                "inequivalent arg 'alternate-exchange' for exchange '{}' in vhost '{}': received {} but current is {}",
+                x.name,
+                self.vhost,
+                got.map_or("none".to_owned(), |g| format!("the value '{g}' of type 'longstr'")),
+                x.alternate.as_deref().map_or("none".to_owned(), |g| format!("the value '{g}' of type 'longstr'")),
+            )));
+        }
+        Ok(())
+    }
+
+    fn unbind(&self, x: &Arc<Exchange>, dest: u64, routing_key: &str, arguments: &FieldTable) {
+        let now_empty = {
+            let mut b = x.bindings.write();
+            b.remove(dest, routing_key, arguments) && b.list.is_empty()
+        };
+        if now_empty && x.auto_delete {
+            self.remove_exchange(x);
+        }
+    }
+
+    /// Removes a queue from the vhost: bindings first, then its contents.
+    /// Returns how many ready messages it held.
+    pub(crate) fn remove_queue(&self, q: &Arc<Queue>) -> u64 {
+        {
+            let mut map = self.queues.write();
+            match map.get(&q.name) {
+                Some(cur) if Arc::ptr_eq(cur, q) => {
+                    map.remove(&q.name);
+                }
+                _ => return 0,
+            }
+        }
+        self.remove_bindings_to(q.id);
+        let n = {
+            let mut st = q.state.lock();
+            let n = q.mark_deleted(&mut st);
+            let mut gone = self.gone.lock();
+            let c = &st.counters;
+            let g = &mut gone.counters;
+            g.enqueued += c.enqueued;
+            g.rejected += c.rejected;
+            g.dropped += c.dropped;
+            g.expired += c.expired;
+            g.discarded += c.discarded;
+            g.purged += c.purged;
+            g.deleted += c.deleted;
+            g.dead_lettered += c.dead_lettered;
+            // Copies answered after this point count on the dead queue;
+            // freeze what it had.
+            st.counters = Counters::default();
+            gone.acked += q.acked.swap(0, Ordering::Relaxed);
+            n
+        };
+        n
+    }
+
+    fn remove_exchange(&self, x: &Arc<Exchange>) {
+        {
+            let mut map = self.exchanges.write();
+            match map.get(&x.name) {
+                Some(cur) if Arc::ptr_eq(cur, x) => {
+                    map.remove(&x.name);
+                }
+                _ => return,
+            }
+        }
+        self.remove_bindings_to(x.id);
+        let mut b = x.bindings.write();
+        let ids: Vec<u64> = b.list.iter().map(|b| b.dest.id()).collect();
+        for id in ids {
+            b.remove_dest(id);
+        }
+    }
+
+    /// Removes every binding whose destination is `id`; auto-delete exchanges
+    /// left without bindings go too.
+    fn remove_bindings_to(&self, id: u64) {
+        let all: Vec<Arc<Exchange>> = self.exchanges.read().values().cloned().collect();
+        for x in all {
+            let emptied = {
+                let mut b = x.bindings.write();
+                b.remove_dest(id) > 0 && b.list.is_empty()
+            };
+            if emptied && x.auto_delete {
+                self.remove_exchange(&x);
+            }
+        }
+    }
+
+    /// Finishes what a queue operation left for after its lock.
+    pub(crate) fn finish(&self, after: AfterUnlock) {
+        let AfterUnlock {
+            dead_letters,
+            schedule,
+        } = after;
+        if let Some((at, name, id)) = schedule {
+            self.schedule(at, name, id);
+        }
+        for dl in dead_letters {
+            self.publish_dead_letter(dl);
+        }
+    }
+
+    fn schedule(&self, at: u64, name: Arc<str>, id: u64) {
+        if at == u64::MAX || self.clock.is_manual() {
+            return;
+        }
+        let mut t = self.timer.state.lock();
+        t.heap.push(Reverse(TimerEntry { at, name, id }));
+        if !t.started {
+            t.started = true;
+            let timer = self.timer.clone();
+            let broker = self.this.clone();
+            let clock = self.clock.clone();
+            let spawned = std::thread::Builder::new()
+                .name("warren-timer".into())
+                .spawn(move || timer_thread(timer, broker, clock));
+            if spawned.is_err() {
+                // No thread: expiry still happens lazily on queue operations.
+                t.started = false;
+            }
+        }
+        self.timer.cv.notify_all();
+    }
+
+    fn run_queue_timer(&self, q: &Arc<Queue>) {
+        let now = self.now();
+        let mut after = AfterUnlock::default();
+        let lease_over = q.on_timer(&mut q.state.lock(), now, &mut after);
+        self.finish(after);
+        if lease_over {
+            self.remove_queue(q);
+        }
+    }
+
+    /// Validates and routes a message; fills `queues` with its destinations.
+    fn prepare(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        mut message: Message,
+        queues: &mut Vec<Arc<Queue>>,
+        scratch: &mut Scratch,
+    ) -> Result<Prepared, PublishError> {
+        let refuse = |error: Error, message: Message| Err(PublishError::Refused { error, message });
+        let x = match self.exchange(exchange) {
+            Ok(x) => x,
+            Err(e) => return refuse(e, message),
+        };
+        if x.internal {
+            let e = Error::AccessRefused(format!(
+                "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                self.vhost
+            ));
+            return refuse(e, message);
+        }
+        let ttl = match message
+            .properties
+            .expiration
+            .as_deref()
+            .map(parse_expiration)
+        {
+            None => None,
+            Some(Ok(ms)) => Some(ms),
+            Some(Err(e)) => return refuse(e, message),
+        };
+        let mut extra: Vec<String> = Vec::new();
+        if let Some(h) = &message.properties.headers {
+            for name in ["CC", "BCC"] {
+                match h.get(name) {
+                    None => {}
+                    Some(AMQPValue::FieldArray(a)) => {
+                        extra.extend(a.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+                    }
+                    Some(_) => {
+                        let e = Error::PreconditionFailed(format!(
+                            "invalid {name} header: expected an array of strings"
+                        ));
+                        return refuse(e, message);
+                    }
+                }
+            }
+        }
+        if !extra.is_empty() {
+            if let Some(h) = message.properties.headers.as_mut() {
+                h.remove("BCC");
+            }
+        }
+        let one = [routing_key];
+        let all_keys: Vec<&str>;
+        let keys: &[&str] = if extra.is_empty() {
+            &one
+        } else {
+            all_keys = std::iter::once(routing_key)
+                .chain(extra.iter().map(String::as_str))
+                .collect();
+            &all_keys
+        };
+        self.route(
+            &x,
+            keys,
+            message.properties.headers.as_ref(),
+            queues,
+            scratch,
+        );
+        let content = Content::new(x.name.clone(), routing_key, message);
+        Ok(Prepared {
+            exchange: x,
+            content,
+            ttl,
+        })
+    }
+
+    /// Walks the exchange graph from `x`, collecting each queue once.
+    fn route(
+        &self,
+        x: &Arc<Exchange>,
+        keys: &[&str],
+        headers: Option<&FieldTable>,
+        out: &mut Vec<Arc<Queue>>,
+        s: &mut Scratch,
+    ) {
+        if x.name.is_empty() {
+            let map = self.queues.read();
+            for k in keys {
+                if let Some(q) = map.get(*k) {
+                    out.push(q.clone());
+                }
+            }
+        } else {
+            s.work.push(x.clone());
+            s.visited.push(x.id);
+            while let Some(x) = s.work.pop() {
+                s.dests.clear();
+                x.bindings.read().route(keys, headers, &mut s.dests);
+                if s.dests.is_empty() {
+                    if let Some(ae) = x
+                        .alternate
+                        .as_deref()
+                        .and_then(|n| self.exchanges.read().get(n).cloned())
+                    {
+                        if !s.visited.contains(&ae.id) {
+                            s.visited.push(ae.id);
+                            s.work.push(ae);
+                        }
+                    }
+                }
+                for d in s.dests.drain(..) {
+                    match d {
+                        Dest::Queue(q) => out.push(q),
+                        Dest::Exchange(e) => {
+                            if !s.visited.contains(&e.id) {
+                                s.visited.push(e.id);
+                                s.work.push(e);
+                            }
+                        }
+                    }
+                }
+            }
+            s.visited.clear();
+        }
+        if out.len() > 1 {
+            out.sort_unstable_by_key(|q| q.id);
+            out.dedup_by_key(|q| q.id);
+        }
+    }
+
+    fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        wait: Wait,
+    ) -> Result<Published, PublishError> {
+        let mut s = SCRATCH.with(|c| std::mem::take(&mut *c.borrow_mut()));
+        let mut queues = std::mem::take(&mut s.queues);
+        let r = self.publish_with(exchange, routing_key, message, wait, &mut queues, &mut s);
+        queues.clear();
+        s.queues = queues;
+        SCRATCH.with(|c| *c.borrow_mut() = s);
+        r
+    }
+
+    fn publish_with(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        message: Message,
+        wait: Wait,
+        queues: &mut Vec<Arc<Queue>>,
+        s: &mut Scratch,
+    ) -> Result<Published, PublishError> {
+        let p = self.prepare(exchange, routing_key, message, queues, s)?;
+        let bytes = p.content.body_len() as u64;
+        if wait == Wait::Never {
+            for q in queues
+                .iter()
+                .filter(|q| q.config.overflow == Overflow::Block)
+            {
+                let st = q.state.lock();
+                if !st.deleted && !q.has_room(&st, bytes) {
+                    return Err(PublishError::Full(p.content.to_message()));
+                }
+            }
+        }
+        let mut out = Published::default();
+        for q in queues.iter() {
+            loop {
+                let now = self.now();
+                let mut after = AfterUnlock::default();
+                let mut key = 0;
+                let r = {
+                    let mut st = q.state.lock();
+                    let r = q.offer(
+                        &mut st,
+                        &p.content,
+                        q.deadline(now, p.ttl),
+                        now,
+                        wait == Wait::Never,
+                        &mut after,
+                    );
+                    if r == Offer::Full {
+                        key = st.room.park_current();
+                    }
+                    r
+                };
+                self.finish(after);
+                if r == Offer::Full {
+                    std::thread::park_timeout(Duration::from_millis(100));
+                    q.state.lock().room.remove(key);
+                    continue;
+                }
+                tally(&mut out, r);
+                break;
+            }
+        }
+        record(&p.exchange, &out);
+        Ok(out)
+    }
+
+    fn publish_dead_letter(&self, dl: DeadLetter) {
+        let DeadLetter {
+            content,
+            reason,
+            queue,
+            exchange,
+            routing_key,
+        } = dl;
+        let Ok(x) = self.exchange(&exchange) else {
+            return; // RabbitMQ drops dead letters to a missing exchange.
+        };
+        let mut props = content.properties().clone();
+        let original_expiration = props.expiration.take();
+        let headers = props.headers.get_or_insert_with(FieldTable::new);
+        let mut keys: Vec<String> = vec![content.routing_key.to_string()];
+        if let Some(AMQPValue::FieldArray(cc)) = headers.get("CC") {
+            keys.extend(cc.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+        }
+        add_death(
+            headers,
+            &queue,
+            reason.as_str(),
+            &content.exchange,
+            &keys,
+            original_expiration,
+        );
+        let route_keys: Vec<&str> = match &routing_key {
+            Some(rk) => vec![rk.as_str()],
+            None => keys.iter().map(String::as_str).collect(),
+        };
+        let mut queues = Vec::new();
+        self.route(
+            &x,
+            &route_keys,
+            props.headers.as_ref(),
+            &mut queues,
+            &mut Scratch::default(),
+        );
+        if reason.as_str() != "rejected" {
+            let deaths = props
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("x-death"))
+                .and_then(AMQPValue::as_array)
+                .unwrap_or(&[]);
+            queues.retain(|q| !is_cycle(&q.name, deaths));
+        }
+        let rk = routing_key.as_deref().unwrap_or(&content.routing_key);
+        let content = Content::new(
+            x.name.clone(),
+            rk,
+            Message {
+                properties: props,
+                body: content.body.clone(),
+            },
+        );
+        let mut out = Published::default();
+        for q in &queues {
+            let now = self.now();
+            let mut after = AfterUnlock::default();
+            let r = q.offer(
+                &mut q.state.lock(),
+                &content,
+                q.deadline(now, None),
+                now,
+                true,
+                &mut after,
+            );
+            self.finish(after);
+            tally(&mut out, r);
+        }
+        record(&x, &out);
+    }
+}
+
+fn tally(out: &mut Published, r: Offer) {
+    match r {
+        Offer::Accepted => out.routed += 1,
+        Offer::Rejected => out.rejected += 1,
+        Offer::Full | Offer::Gone => {}
+    }
+}
+
+fn record(x: &Exchange, out: &Published) {
+    x.published.fetch_add(1, Ordering::Relaxed);
+    if out.is_unroutable() {
+        x.unroutable.fetch_add(1, Ordering::Relaxed);
+    } else {
+        x.routed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// RabbitMQ's `expiration`: a non-negative decimal integer of milliseconds.
+fn parse_expiration(s: &str) -> Result<u64> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        if let Ok(ms) = s.parse() {
+            return Ok(ms);
+        }
+    }
+    Err(Error::PreconditionFailed(format!(
+        "invalid expiration '{s}'"
+    )))
+}
+
+/// Adds one death to `x-death` as RabbitMQ 3.10 does: an existing entry for the
+/// same queue and reason gets its count raised and moves to the front; else a
+/// new entry goes in front. `x-first-death-*` are set once.
+fn add_death(
+    h: &mut FieldTable,
+    queue: &str,
+    reason: &str,
+    exchange: &str,
+    keys: &[String],
+    original_expiration: Option<String>,
+) {
+    let mut deaths: Vec<AMQPValue> = match h.remove("x-death") {
+        Some(AMQPValue::FieldArray(a)) => a,
+        _ => Vec::new(),
+    };
+    let same = |d: &AMQPValue| {
+        d.as_table().is_some_and(|t| {
+            t.get("queue").and_then(AMQPValue::as_str) == Some(queue)
+                && t.get("reason").and_then(AMQPValue::as_str) == Some(reason)
+        })
+    };
+    let entry = match deaths.iter().position(same) {
+        Some(i) => {
+            let mut t = match deaths.remove(i) {
+                AMQPValue::FieldTable(t) => t,
+                _ => FieldTable::new(),
+            };
+            let n = t.get("count").and_then(AMQPValue::as_i64).unwrap_or(0);
+            t.insert("count", n + 1);
+            t
+        }
+        None => {
+            let mut t = FieldTable::new()
+                .with("count", 1i64)
+                .with("reason", reason)
+                .with("queue", queue)
+                .with("time", AMQPValue::Timestamp(unix_seconds()))
+                .with("exchange", exchange)
+                .with(
+                    "routing-keys",
+                    AMQPValue::FieldArray(
+                        keys.iter().map(|k| AMQPValue::from(k.as_str())).collect(),
+                    ),
+                );
+            if let Some(e) = original_expiration {
+                t.insert("original-expiration", e);
+            }
+            t
+        }
+    };
+    deaths.insert(0, AMQPValue::FieldTable(entry));
+    h.insert("x-death", AMQPValue::FieldArray(deaths));
+    if !h.contains_key("x-first-death-reason") {
+        h.insert("x-first-death-exchange", exchange);
+        h.insert("x-first-death-queue", queue);
+        h.insert("x-first-death-reason", reason);
+    }
+}
+
+/// RabbitMQ's cycle rule: dead-lettering into `queue` again is a cycle when
+/// the deaths back to (and including) its last visit there show no rejection.
+fn is_cycle(queue: &str, deaths: &[AMQPValue]) -> bool {
+    let field = |d: &AMQPValue, k: &str| {
+        d.as_table()
+            .and_then(|t| t.get(k))
+            .and_then(AMQPValue::as_str)
+            .map(str::to_owned)
+    };
+    match deaths
+        .iter()
+        .position(|d| field(d, "queue").as_deref() == Some(queue))
+    {
+        None => false,
+        Some(i) => deaths[..=i]
+            .iter()
+            .all(|d| d.as_table().is_some() && field(d, "reason").as_deref() != Some("rejected")),
+    }
+}
+
+fn arg_int(name: &str, v: &AMQPValue, queue: &str, vhost: &str, min: i64) -> Result<u64> {
+    let bad = |why: String| {
+        Err(Error::PreconditionFailed(format!(
+            "invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {why}"
+        )))
+    };
+    match v.as_i64() {
+        Some(n) if n >= min => Ok(n as u64),
+        Some(n) if n == 0 => bad(format!("{{value_zero,{n}}}")),
+        Some(n) => bad(format!("{{value_negative,{n}}}")),
+        None => bad(format!("{{unacceptable_type,{}}}", type_name(v))),
+    }
+}
+
+fn arg_str(name: &str, v: &AMQPValue, queue: &str, vhost: &str) -> Result<String> {
+    v.as_str().map(str::to_owned).ok_or_else(|| {
+        Error::PreconditionFailed(format!(
+            "invalid arg '{name}' for queue '{queue}' in vhost '{vhost}': {{unacceptable_type,{}}}",
+            type_name(v)
+        ))
+    })
+}
+
+fn parse_queue_config(name: &str, vhost: &str, o: &QueueDeclareOptions) -> Result<QueueConfig> {
+    let mut c = QueueConfig {
+        durable: o.durable,
+        exclusive: o.exclusive.then_some(o.owner.unwrap_or(PROCESS_OWNER)),
+        auto_delete: o.auto_delete,
+        arguments: o.arguments.clone(),
+        ..QueueConfig::default()
+    };
+    for (k, v) in o.arguments.iter() {
+        match k {
+            "x-max-length" => c.max_length = Some(arg_int(k, v, name, vhost, 0)?),
+            "x-max-length-bytes" => c.max_length_bytes = Some(arg_int(k, v, name, vhost, 0)?),
+            "x-message-ttl" => c.message_ttl = Some(arg_int(k, v, name, vhost, 0)?),
+            "x-expires" => c.expires = Some(arg_int(k, v, name, vhost, 1)?),
+            "x-overflow" => {
+                let s = arg_str(k, v, name, vhost)?;
+                c.overflow = Overflow::parse(&s).ok_or_else(|| {
+                    Error::PreconditionFailed(format!(
+                        "invalid arg '{k}' for queue '{name}' in vhost '{vhost}': {{unknown_overflow_type,<<\"{s}\">>}}"
+                    ))
+                })?;
+            }
+            "x-dead-letter-exchange" => c.dead_letter_exchange = Some(arg_str(k, v, name, vhost)?),
+            "x-dead-letter-routing-key" => {
+                c.dead_letter_routing_key = Some(arg_str(k, v, name, vhost)?)
+            }
+            _ => {}
+        }
+    }
+    if c.dead_letter_routing_key.is_some() && c.dead_letter_exchange.is_none() {
+        return Err(Error::PreconditionFailed(format!(
+            "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost}': {{missing_dependent_args,[<<\"x-dead-letter-exchange\">>]}}"
+        )));
+    }
+    Ok(c)
+}
+
+/// Queue arguments RabbitMQ compares on redeclare (others are ignored).
+const COMPARED_ARGS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-overflow",
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+fn queue_equivalent(q: &Queue, c: &QueueConfig, vhost: &str) -> Result<()> {
+    let ineq = |arg: &str, got: bool, cur: bool| {
+        Err(Error::PreconditionFailed(format!(
+            "inequivalent arg '{arg}' for queue '{}' in vhost '{vhost}': received '{got}' but current is '{cur}'",
+            q.name
+        )))
+    };
+    if q.config.durable != c.durable {
+        return ineq("durable", c.durable, q.config.durable);
+    }
+    if q.config.auto_delete != c.auto_delete {
+        return ineq("auto_delete", c.auto_delete, q.config.auto_delete);
+    }
+    for k in COMPARED_ARGS {
+        let got = c.arguments.get(k);
+        let cur = q.config.arguments.get(k);
+        let same = match (got, cur) {
+            (None, None) => true,
+            (Some(a), Some(b)) => match (a.as_i64(), b.as_i64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => a.as_str().is_some() && a.as_str() == b.as_str() || a == b,
+            },
+            _ => false,
+        };
+        if !same {
+            let show = |v: Option<&AMQPValue>| match v {
+                None => "none".to_owned(),
+                Some(v) => format!("the value '{}' of type '{}'", value_text(v), type_name(v)),
+            };
+            return Err(Error::PreconditionFailed(format!(
+                "inequivalent arg '{k}' for queue '{}' in vhost '{vhost}': received {} but current is {}",
+                q.name,
+                show(got),
+                show(cur)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn value_text(v: &AMQPValue) -> String {
+    if let Some(n) = v.as_i64() {
+        return n.to_string();
+    }
+    if let Some(s) = v.as_str() {
+        return s.to_owned();
+    }
+    format!("{v:?}")
+}
+
+/// RabbitMQ's names for field types, as its error texts use them.
+fn type_name(v: &AMQPValue) -> &'static str {
+    match v {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// The future of [`Broker::publish_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct PublishAsync {
+    broker: Arc<BrokerInner>,
+    state: std::result::Result<Prepared, Option<PublishError>>,
+    queues: Vec<Arc<Queue>>,
+    next: usize,
+    outcome: Published,
+    key: u64,
+}
+
+impl fmt::Debug for PublishAsync {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublishAsync")
+            .field("queues", &self.queues.len())
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl Future for PublishAsync {
+    type Output = Result<Published, PublishError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let p = match &mut this.state {
+            Ok(p) => p,
+            Err(e) => {
+                return match e.take() {
+                    Some(e) => Poll::Ready(Err(e)),
+                    None => Poll::Ready(Ok(this.outcome)),
+                }
+            }
+        };
+        while let Some(q) = this.queues.get(this.next) {
+            let now = this.broker.now();
+            let mut after = AfterUnlock::default();
+            let r = {
+                let mut st = q.state.lock();
+                let r = q.offer(
+                    &mut st,
+                    &p.content,
+                    q.deadline(now, p.ttl),
+                    now,
+                    false,
+                    &mut after,
+                );
+                if r == Offer::Full {
+                    this.key = st.room.register_waker(this.key, cx.waker());
+                } else if this.key != 0 {
+                    st.room.remove(this.key);
+                    this.key = 0;
+                }
+                r
+            };
+            this.broker.finish(after);
+            if r == Offer::Full {
+                return Poll::Pending;
+            }
+            tally(&mut this.outcome, r);
+            this.next += 1;
+        }
+        record(&p.exchange, &this.outcome);
+        this.state = Err(None);
+        Poll::Ready(Ok(this.outcome))
+    }
+}
+
+impl Drop for PublishAsync {
+    fn drop(&mut self) {
+        if self.key != 0 {
+            if let Some(q) = self.queues.get(self.next) {
+                q.state.lock().room.remove(self.key);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TimerEntry {
+    at: u64,
+    name: Arc<str>,
+    id: u64,
+}
+impl PartialEq for TimerEntry {
+    fn eq(&self, o: &Self) -> bool {
+        self.at == o.at
+    }
+}
+impl Eq for TimerEntry {}
+impl PartialOrd for TimerEntry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for TimerEntry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.at.cmp(&o.at)
+    }
+}
+
+#[derive(Debug, Default)]
+struct TimerState {
+    heap: BinaryHeap<Reverse<TimerEntry>>,
+    started: bool,
+    shutdown: bool,
+}
+
+#[derive(Debug, Default)]
+struct Timer {
+    state: Mutex<TimerState>,
+    cv: Condvar,
+}
+
+/// The broker's one timer thread: sleeps until the earliest TTL or lease
+/// deadline, then runs that queue's expiry. Exits when the broker is dropped.
+fn timer_thread(timer: Arc<Timer>, broker: Weak<BrokerInner>, clock: Clock) {
+    loop {
+        let mut due = Vec::new();
+        {
+            let mut t = timer.state.lock();
+            loop {
+                if t.shutdown {
+                    return;
+                }
+                let now = clock.now_ms();
+                match t.heap.peek() {
+                    Some(Reverse(e)) if e.at <= now => {
+                        while t.heap.peek().is_some_and(|Reverse(e)| e.at <= now) {
+                            if let Some(Reverse(e)) = t.heap.pop() {
+                                due.push(e);
+                            }
+                        }
+                        break;
+                    }
+                    Some(Reverse(e)) => {
+                        let wait = Duration::from_millis(e.at - now);
+                        timer.cv.wait_for(&mut t, wait);
+                    }
+                    None => timer.cv.wait(&mut t),
+                }
+            }
+        }
+        let Some(b) = broker.upgrade() else { return };
+        for e in due {
+            let q = b.queues.read().get(&e.name).cloned();
+            if let Some(q) = q.filter(|q| q.id == e.id) {
+                b.run_queue_timer(&q);
+            }
+        }
+    }
+}

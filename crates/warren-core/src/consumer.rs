@@ -1,0 +1,657 @@
+//! Consumers and deliveries.
+//!
+//! # Semantics
+//!
+//! A [`Consumer`] receives the messages its queue dispatches to it, in turn
+//! with the queue's other consumers (round-robin), at most `prefetch` of them
+//! unanswered at a time. Each arrives as a [`Delivery`] that must be answered:
+//! [`ack`](Delivery::ack), [`nack`](Delivery::nack) or
+//! [`reject`](Delivery::reject), with or without requeue. A delivery dropped
+//! without an answer goes back to its queue, marked `redelivered`: nothing is
+//! lost because a handler returned early or panicked.
+//!
+//! [`Consumer::cancel`] stops new dispatches (what AMQP's `basic.cancel`
+//! does); messages already dispatched can still be received and answered.
+//! Dropping the `Consumer` cancels it and puts every message it had been
+//! handed but not yet shown to the application back in the queue, in its
+//! original order.
+//!
+//! The same object serves sync and async callers: [`Consumer::recv`] parks the
+//! thread, [`Consumer::recv_async`] is a future for any executor, and with the
+//! `stream` feature a `Consumer` is a `futures_core::Stream`.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::message::{BasicProperties, Content, Message};
+use crate::queue::{AfterUnlock, Entry, Queue};
+use crate::wait::WaitList;
+
+#[derive(Debug, Default)]
+struct Inbox {
+    items: VecDeque<Entry>,
+    waiters: WaitList,
+    cancelled: bool,
+    next_tag: u64,
+}
+
+/// The part of a consumer the queue holds.
+#[derive(Debug)]
+pub(crate) struct ConsumerShared {
+    pub(crate) id: u64,
+    pub(crate) tag: Arc<str>,
+    pub(crate) exclusive: bool,
+    prefetch: u32,
+    no_ack: bool,
+    /// Dispatched and not yet answered (for no-ack consumers: not yet received).
+    in_flight: AtomicU32,
+    inbox: Mutex<Inbox>,
+}
+
+impl ConsumerShared {
+    pub(crate) fn new(
+        id: u64,
+        tag: Arc<str>,
+        prefetch: u32,
+        no_ack: bool,
+        exclusive: bool,
+    ) -> Self {
+        ConsumerShared {
+            id,
+            tag,
+            exclusive,
+            prefetch,
+            no_ack,
+            in_flight: AtomicU32::new(0),
+            inbox: Mutex::new(Inbox::default()),
+        }
+    }
+
+    /// Takes one unit of prefetch credit. Only the dispatcher (under the
+    /// queue lock) adds; answers subtract concurrently.
+    pub(crate) fn try_take_credit(&self) -> bool {
+        if self.prefetch == 0 {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.prefetch).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn return_credit_no_dispatch(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Gives one unit back; true if the consumer was at its limit, so the
+    /// queue may have messages waiting for it.
+    fn release_credit(&self) -> bool {
+        let prev = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.prefetch != 0 && prev >= self.prefetch
+    }
+
+    pub(crate) fn push(&self, e: Entry) {
+        let mut inbox = self.inbox.lock();
+        inbox.items.push_back(e);
+        inbox.waiters.notify_one();
+    }
+
+    /// The queue went away: drop what was waiting, wake receivers. Returns how
+    /// many copies were dropped.
+    pub(crate) fn cancel_by_server(&self) -> u64 {
+        let mut inbox = self.inbox.lock();
+        inbox.cancelled = true;
+        let n = inbox.items.len() as u64;
+        inbox.items.clear();
+        inbox.waiters.notify_all();
+        n
+    }
+
+    fn mark_cancelled(&self) {
+        let mut inbox = self.inbox.lock();
+        inbox.cancelled = true;
+        inbox.waiters.notify_all();
+    }
+}
+
+/// The consumer was cancelled (by [`Consumer::cancel`], or because its queue
+/// was deleted) and has nothing left to receive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("consumer cancelled")]
+pub struct RecvError;
+
+/// Why [`Consumer::try_recv`] returned nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TryRecvError {
+    /// Nothing is waiting right now.
+    #[error("no delivery waiting")]
+    Empty,
+    /// The consumer was cancelled and has nothing left.
+    #[error("consumer cancelled")]
+    Cancelled,
+}
+
+/// Why [`Consumer::recv_timeout`] returned nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RecvTimeoutError {
+    /// The time ran out.
+    #[error("timed out waiting for a delivery")]
+    Timeout,
+    /// The consumer was cancelled and has nothing left.
+    #[error("consumer cancelled")]
+    Cancelled,
+}
+
+/// A subscription to a queue. See the [module docs](self) for semantics.
+///
+/// Created by [`Broker::consume`](crate::Broker::consume).
+pub struct Consumer {
+    shared: Arc<ConsumerShared>,
+    queue: Arc<Queue>,
+    #[cfg_attr(not(feature = "stream"), allow(dead_code))]
+    stream_key: u64,
+}
+
+impl fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Consumer")
+            .field("queue", &self.queue.name)
+            .field("tag", &self.shared.tag)
+            .finish()
+    }
+}
+
+enum Poll1 {
+    Ready(Delivery),
+    Cancelled,
+    Empty,
+}
+
+impl Consumer {
+    pub(crate) fn new(shared: Arc<ConsumerShared>, queue: Arc<Queue>) -> Self {
+        Consumer {
+            shared,
+            queue,
+            stream_key: 0,
+        }
+    }
+
+    /// The consumer tag.
+    pub fn consumer_tag(&self) -> &str {
+        &self.shared.tag
+    }
+
+    /// The queue's name.
+    pub fn queue(&self) -> &str {
+        &self.queue.name
+    }
+
+    /// Takes the next waiting delivery without blocking.
+    ///
+    /// # Errors
+    ///
+    /// [`TryRecvError::Empty`] if nothing is waiting,
+    /// [`TryRecvError::Cancelled`] if the consumer is cancelled and drained.
+    pub fn try_recv(&self) -> Result<Delivery, TryRecvError> {
+        match self.poll_once(None) {
+            Poll1::Ready(d) => Ok(d),
+            Poll1::Cancelled => Err(TryRecvError::Cancelled),
+            Poll1::Empty => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// Blocks the thread until a delivery arrives.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError`] once the consumer is cancelled and drained.
+    pub fn recv(&self) -> Result<Delivery, RecvError> {
+        self.recv_deadline(None).map_err(|_| RecvError)
+    }
+
+    /// Blocks the thread until a delivery arrives or `timeout` passes.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvTimeoutError::Timeout`] when the time runs out,
+    /// [`RecvTimeoutError::Cancelled`] once the consumer is cancelled and drained.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Delivery, RecvTimeoutError> {
+        self.recv_deadline(Some(Instant::now() + timeout))
+    }
+
+    fn recv_deadline(&self, deadline: Option<Instant>) -> Result<Delivery, RecvTimeoutError> {
+        loop {
+            let mut key = 0;
+            match self.poll_once(Some(&mut key)) {
+                Poll1::Ready(d) => return Ok(d),
+                Poll1::Cancelled => return Err(RecvTimeoutError::Cancelled),
+                Poll1::Empty => {}
+            }
+            match deadline {
+                None => std::thread::park(),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        self.forget_waiter(key);
+                        return Err(RecvTimeoutError::Timeout);
+                    }
+                    std::thread::park_timeout(d - now);
+                }
+            }
+            self.forget_waiter(key);
+        }
+    }
+
+    /// Waits for the next delivery asynchronously, on any executor.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future before it completes loses no delivery
+    /// (nothing is taken from the inbox until the future returns it), and a
+    /// wake-up it had received is passed on to another waiting receiver.
+    ///
+    /// # Errors
+    ///
+    /// [`RecvError`] once the consumer is cancelled and drained.
+    pub fn recv_async(&self) -> Recv<'_> {
+        Recv {
+            consumer: self,
+            key: 0,
+        }
+    }
+
+    /// Stops new deliveries (AMQP's `basic.cancel`). Deliveries already
+    /// dispatched can still be received and answered; after them, the receive
+    /// methods report cancellation. An `auto_delete` queue whose last consumer
+    /// this was is deleted.
+    pub fn cancel(&self) {
+        let queue = &self.queue;
+        let mut after = AfterUnlock::default();
+        let auto_delete = {
+            let mut st = queue.state.lock();
+            let before = st.consumers.len();
+            st.consumers.retain(|c| c.id != self.shared.id);
+            let removed = st.consumers.len() != before;
+            if removed && self.shared.exclusive {
+                st.has_exclusive_consumer = false;
+            }
+            if removed && st.consumers.is_empty() {
+                if let Some(b) = queue.broker.upgrade() {
+                    st.last_used = b.now();
+                }
+                queue.plan_timer(&mut st, &mut after);
+            }
+            removed && queue.config.auto_delete && st.consumers.is_empty() && !st.deleted
+        };
+        self.shared.mark_cancelled();
+        if let Some(broker) = queue.broker.upgrade() {
+            broker.finish(after);
+            if auto_delete {
+                broker.remove_queue(queue);
+            }
+        }
+    }
+
+    fn forget_waiter(&self, key: u64) {
+        if key != 0 {
+            let mut inbox = self.shared.inbox.lock();
+            if !inbox.waiters.remove(key) && !inbox.items.is_empty() {
+                // We were woken but are leaving: pass the wake-up on.
+                inbox.waiters.notify_one();
+            }
+        }
+    }
+
+    /// One look at the inbox. With `park`, registers the current thread as a
+    /// waiter when empty (under the inbox lock, so no wake-up is lost).
+    fn poll_once(&self, park: Option<&mut u64>) -> Poll1 {
+        let (entry, tag) = {
+            let mut inbox = self.shared.inbox.lock();
+            match inbox.items.pop_front() {
+                Some(e) => {
+                    inbox.next_tag += 1;
+                    (e, inbox.next_tag)
+                }
+                None if inbox.cancelled => return Poll1::Cancelled,
+                None => {
+                    if let Some(key) = park {
+                        *key = inbox.waiters.park_current();
+                    }
+                    return Poll1::Empty;
+                }
+            }
+        };
+        Poll1::Ready(self.deliver(entry, tag))
+    }
+
+    fn poll_recv(&self, key: &mut u64, cx: &mut Context<'_>) -> Poll<Result<Delivery, RecvError>> {
+        let (entry, tag) = {
+            let mut inbox = self.shared.inbox.lock();
+            match inbox.items.pop_front() {
+                Some(e) => {
+                    if *key != 0 {
+                        inbox.waiters.remove(*key);
+                        *key = 0;
+                    }
+                    inbox.next_tag += 1;
+                    (e, inbox.next_tag)
+                }
+                None if inbox.cancelled => return Poll::Ready(Err(RecvError)),
+                None => {
+                    *key = inbox.waiters.register_waker(*key, cx.waker());
+                    return Poll::Pending;
+                }
+            }
+        };
+        Poll::Ready(Ok(self.deliver(entry, tag)))
+    }
+
+    fn deliver(&self, entry: Entry, tag: u64) -> Delivery {
+        let pending = !self.shared.no_ack;
+        if self.shared.no_ack {
+            let q = &self.queue;
+            q.unacked.fetch_sub(1, Ordering::Relaxed);
+            q.acked.fetch_add(1, Ordering::Relaxed);
+            if self.shared.release_credit() {
+                q.redispatch();
+            }
+        }
+        Delivery {
+            redelivered: entry.redelivered,
+            content: entry.content,
+            seq: entry.seq,
+            expires_at: entry.expires_at,
+            delivery_tag: tag,
+            queue: self.queue.clone(),
+            consumer: Some(self.shared.clone()),
+            message_count: None,
+            pending,
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.cancel();
+        let left: Vec<Entry> = {
+            let mut inbox = self.shared.inbox.lock();
+            inbox.waiters.notify_all();
+            inbox.items.drain(..).collect()
+        };
+        if left.is_empty() {
+            return;
+        }
+        let n = left.len() as u64;
+        let q = &self.queue;
+        let mut after = AfterUnlock::default();
+        {
+            let mut st = q.state.lock();
+            q.unacked.fetch_sub(n, Ordering::Relaxed);
+            q.restore(&mut st, left);
+            if let Some(b) = q.broker.upgrade() {
+                let now = b.now();
+                q.dispatch(&mut st, now, &mut after);
+                q.plan_timer(&mut st, &mut after);
+            }
+        }
+        if let Some(b) = q.broker.upgrade() {
+            b.finish(after);
+        }
+    }
+}
+
+/// The future of [`Consumer::recv_async`].
+#[must_use = "futures do nothing unless polled"]
+pub struct Recv<'a> {
+    consumer: &'a Consumer,
+    key: u64,
+}
+
+impl fmt::Debug for Recv<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recv")
+            .field("consumer", self.consumer)
+            .finish()
+    }
+}
+
+impl Future for Recv<'_> {
+    type Output = Result<Delivery, RecvError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        this.consumer.poll_recv(&mut this.key, cx)
+    }
+}
+
+impl Drop for Recv<'_> {
+    fn drop(&mut self) {
+        self.consumer.forget_waiter(self.key);
+    }
+}
+
+#[cfg(feature = "stream")]
+impl futures_core::Stream for Consumer {
+    type Item = Delivery;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        let this = self.get_mut();
+        let mut key = this.stream_key;
+        let r = this.poll_recv(&mut key, cx);
+        this.stream_key = key;
+        r.map(Result::ok)
+    }
+}
+
+/// One message handed to a consumer or returned by `get`, with the duty to
+/// answer it.
+///
+/// Answer with [`ack`](Self::ack), [`nack`](Self::nack) or
+/// [`reject`](Self::reject). Dropping it unanswered requeues the message
+/// (marked redelivered). Deliveries of no-ack consumers and no-ack `get`s need
+/// no answer; answering them does nothing.
+pub struct Delivery {
+    content: Arc<Content>,
+    seq: u64,
+    expires_at: u64,
+    delivery_tag: u64,
+    redelivered: bool,
+    queue: Arc<Queue>,
+    consumer: Option<Arc<ConsumerShared>>,
+    message_count: Option<u64>,
+    pending: bool,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("delivery_tag", &self.delivery_tag)
+            .field("redelivered", &self.redelivered)
+            .field("exchange", &self.exchange())
+            .field("routing_key", &self.routing_key())
+            .field("body_len", &self.body().len())
+            .finish()
+    }
+}
+
+/// How a delivery was answered.
+enum Answer {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+impl Delivery {
+    pub(crate) fn from_get(
+        entry: Entry,
+        queue: Arc<Queue>,
+        tag: u64,
+        remaining: u64,
+        no_ack: bool,
+    ) -> Delivery {
+        Delivery {
+            redelivered: entry.redelivered,
+            content: entry.content,
+            seq: entry.seq,
+            expires_at: entry.expires_at,
+            delivery_tag: tag,
+            queue,
+            consumer: None,
+            message_count: Some(remaining),
+            pending: !no_ack,
+        }
+    }
+
+    fn content(&self) -> &Content {
+        &self.content
+    }
+
+    /// The delivery tag: increasing per consumer (for `get`, per queue).
+    pub fn delivery_tag(&self) -> u64 {
+        self.delivery_tag
+    }
+
+    /// Whether this message was delivered before and requeued.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The exchange the message was published to (`""` for the default one).
+    pub fn exchange(&self) -> &str {
+        &self.content().exchange
+    }
+
+    /// The routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        &self.content().routing_key
+    }
+
+    /// Its properties.
+    pub fn properties(&self) -> &BasicProperties {
+        self.content().properties()
+    }
+
+    /// Its body.
+    pub fn body(&self) -> &Bytes {
+        &self.content().body
+    }
+
+    /// The queue it came from.
+    pub fn queue(&self) -> &str {
+        &self.queue.name
+    }
+
+    /// The consumer tag, for consumer deliveries.
+    pub fn consumer_tag(&self) -> Option<&str> {
+        self.consumer.as_deref().map(|c| &*c.tag)
+    }
+
+    /// For `get`: how many messages stayed ready in the queue.
+    pub fn message_count(&self) -> Option<u64> {
+        self.message_count
+    }
+
+    /// A copy of the message (properties and body; the body is shared).
+    pub fn to_message(&self) -> Message {
+        self.content().to_message()
+    }
+
+    /// Acknowledges: the message is done.
+    pub fn ack(mut self) {
+        self.answer(Answer::Ack);
+    }
+
+    /// Negative acknowledgement: requeue it (marked redelivered) or, without
+    /// requeue, discard it (dead-lettered with reason `rejected` when the queue
+    /// has a dead-letter exchange).
+    pub fn nack(mut self, requeue: bool) {
+        self.answer(if requeue {
+            Answer::Requeue
+        } else {
+            Answer::Discard
+        });
+    }
+
+    /// Same as [`nack`](Self::nack) for one message (AMQP's `basic.reject`).
+    pub fn reject(self, requeue: bool) {
+        self.nack(requeue);
+    }
+
+    fn answer(&mut self, answer: Answer) {
+        if !self.pending {
+            return;
+        }
+        self.pending = false;
+        let entry = Entry {
+            content: self.content.clone(),
+            seq: self.seq,
+            expires_at: self.expires_at,
+            redelivered: true,
+        };
+        let q = &self.queue;
+        let credit_freed = self.consumer.as_ref().is_some_and(|c| c.release_credit());
+        q.unacked.fetch_sub(1, Ordering::Relaxed);
+        match answer {
+            Answer::Ack => {
+                q.acked.fetch_add(1, Ordering::Relaxed);
+                if credit_freed {
+                    q.redispatch();
+                }
+            }
+            Answer::Requeue | Answer::Discard => {
+                let Some(broker) = q.broker.upgrade() else {
+                    return;
+                };
+                let now = broker.now();
+                let mut after = AfterUnlock::default();
+                {
+                    let mut st = q.state.lock();
+                    match answer {
+                        Answer::Requeue => q.requeue(&mut st, entry, now, &mut after),
+                        _ => {
+                            q.discard(&mut st, entry.content, &mut after);
+                            q.dispatch(&mut st, now, &mut after);
+                        }
+                    }
+                }
+                broker.finish(after);
+            }
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        if self.pending {
+            self.answer(Answer::Requeue);
+        }
+    }
+}
+
+impl Queue {
+    /// Restarts dispatch after credit came back.
+    pub(crate) fn redispatch(&self) {
+        let Some(broker) = self.broker.upgrade() else {
+            return;
+        };
+        let now = broker.now();
+        let mut after = AfterUnlock::default();
+        {
+            let mut st = self.state.lock();
+            self.dispatch(&mut st, now, &mut after);
+            self.plan_timer(&mut st, &mut after);
+        }
+        broker.finish(after);
+    }
+}

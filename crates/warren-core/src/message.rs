@@ -1,0 +1,256 @@
+//! Messages: a body, AMQP basic properties, and what the broker stores.
+//!
+//! A published message becomes one immutable, reference-counted [`Content`]
+//! shared by every queue it reaches: a fanout to ten queues stores one body and
+//! one set of properties, not ten. Properties that are all unset cost one
+//! pointer-sized `None`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::field::FieldTable;
+
+/// AMQP 0-9-1 basic properties (the content header), named as in lapin.
+///
+/// Every field is optional; `BasicProperties::default()` sets none. The
+/// `with_*` methods build one fluently.
+///
+/// # Examples
+///
+/// ```
+/// use warren_core::BasicProperties;
+///
+/// let p = BasicProperties::default()
+///     .with_content_type("application/json")
+///     .with_correlation_id("42")
+///     .with_reply_to("replies");
+/// assert_eq!(p.correlation_id.as_deref(), Some("42"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BasicProperties {
+    /// MIME content type.
+    pub content_type: Option<String>,
+    /// MIME content encoding.
+    pub content_encoding: Option<String>,
+    /// Application headers.
+    pub headers: Option<FieldTable>,
+    /// 1 = transient, 2 = persistent.
+    pub delivery_mode: Option<u8>,
+    /// Priority, 0 to 9.
+    pub priority: Option<u8>,
+    /// Correlation id (RPC).
+    pub correlation_id: Option<String>,
+    /// Queue to reply to (RPC).
+    pub reply_to: Option<String>,
+    /// Per-message TTL in milliseconds, as a decimal string (RabbitMQ's rule).
+    pub expiration: Option<String>,
+    /// Application message id.
+    pub message_id: Option<String>,
+    /// Timestamp, seconds since the epoch.
+    pub timestamp: Option<u64>,
+    /// Message type name (AMQP's `type`).
+    pub kind: Option<String>,
+    /// Creating user id.
+    pub user_id: Option<String>,
+    /// Creating application id.
+    pub app_id: Option<String>,
+    /// Reserved by AMQP (`cluster-id`).
+    pub cluster_id: Option<String>,
+}
+
+static DEFAULT_PROPERTIES: BasicProperties = BasicProperties {
+    content_type: None,
+    content_encoding: None,
+    headers: None,
+    delivery_mode: None,
+    priority: None,
+    correlation_id: None,
+    reply_to: None,
+    expiration: None,
+    message_id: None,
+    timestamp: None,
+    kind: None,
+    user_id: None,
+    app_id: None,
+    cluster_id: None,
+};
+
+macro_rules! with_string {
+    ($($(#[$doc:meta])* $name:ident => $field:ident;)*) => {$(
+        $(#[$doc])*
+        pub fn $name(mut self, value: impl Into<String>) -> Self {
+            self.$field = Some(value.into());
+            self
+        }
+    )*};
+}
+
+impl BasicProperties {
+    with_string! {
+        /// Sets `content_type`.
+        with_content_type => content_type;
+        /// Sets `content_encoding`.
+        with_content_encoding => content_encoding;
+        /// Sets `correlation_id`.
+        with_correlation_id => correlation_id;
+        /// Sets `reply_to`.
+        with_reply_to => reply_to;
+        /// Sets `expiration` (milliseconds, as a decimal string).
+        with_expiration => expiration;
+        /// Sets `message_id`.
+        with_message_id => message_id;
+        /// Sets `kind` (AMQP's `type`).
+        with_kind => kind;
+        /// Sets `user_id`.
+        with_user_id => user_id;
+        /// Sets `app_id`.
+        with_app_id => app_id;
+    }
+
+    /// Sets `headers`.
+    pub fn with_headers(mut self, headers: FieldTable) -> Self {
+        self.headers = Some(headers);
+        self
+    }
+
+    /// Sets `delivery_mode` (1 transient, 2 persistent).
+    pub fn with_delivery_mode(mut self, mode: u8) -> Self {
+        self.delivery_mode = Some(mode);
+        self
+    }
+
+    /// Sets `priority`.
+    pub fn with_priority(mut self, priority: u8) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Sets `timestamp` (seconds since the epoch).
+    pub fn with_timestamp(mut self, timestamp: u64) -> Self {
+        self.timestamp = Some(timestamp);
+        self
+    }
+
+    /// A shared reference to properties with nothing set.
+    pub fn empty() -> &'static BasicProperties {
+        &DEFAULT_PROPERTIES
+    }
+
+    fn is_empty(&self) -> bool {
+        self == &DEFAULT_PROPERTIES
+    }
+
+    pub(crate) fn heap_size(&self) -> usize {
+        let s = |o: &Option<String>| o.as_ref().map_or(0, String::len);
+        s(&self.content_type)
+            + s(&self.content_encoding)
+            + s(&self.correlation_id)
+            + s(&self.reply_to)
+            + s(&self.expiration)
+            + s(&self.message_id)
+            + s(&self.kind)
+            + s(&self.user_id)
+            + s(&self.app_id)
+            + s(&self.cluster_id)
+            + self.headers.as_ref().map_or(0, FieldTable::heap_size)
+    }
+}
+
+/// A message to publish: properties and body.
+///
+/// # Examples
+///
+/// ```
+/// use warren_core::{BasicProperties, Message};
+///
+/// let m = Message::new("hello").with_properties(BasicProperties::default().with_priority(3));
+/// assert_eq!(&m.body[..], b"hello");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Message {
+    /// The AMQP basic properties.
+    pub properties: BasicProperties,
+    /// The body; cloning it is a reference-count increment.
+    pub body: Bytes,
+}
+
+impl Message {
+    /// A message with this body and no properties.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Message {
+            properties: BasicProperties::default(),
+            body: body.into(),
+        }
+    }
+
+    /// Replaces the properties.
+    pub fn with_properties(mut self, properties: BasicProperties) -> Self {
+        self.properties = properties;
+        self
+    }
+}
+
+impl From<Bytes> for Message {
+    fn from(body: Bytes) -> Self {
+        Message::new(body)
+    }
+}
+impl From<&'static str> for Message {
+    fn from(body: &'static str) -> Self {
+        Message::new(Bytes::from_static(body.as_bytes()))
+    }
+}
+impl From<Vec<u8>> for Message {
+    fn from(body: Vec<u8>) -> Self {
+        Message::new(body)
+    }
+}
+
+/// What the broker stores for one published message: shared by every queue
+/// it was routed to.
+#[derive(Debug)]
+pub(crate) struct Content {
+    pub(crate) exchange: Arc<str>,
+    pub(crate) routing_key: Box<str>,
+    /// `None` when no property is set (the common case costs 8 bytes).
+    pub(crate) properties: Option<Box<BasicProperties>>,
+    pub(crate) body: Bytes,
+}
+
+impl Content {
+    pub(crate) fn new(exchange: Arc<str>, routing_key: &str, message: Message) -> Arc<Content> {
+        let Message { properties, body } = message;
+        Arc::new(Content {
+            exchange,
+            routing_key: routing_key.into(),
+            properties: (!properties.is_empty()).then(|| Box::new(properties)),
+            body,
+        })
+    }
+
+    pub(crate) fn properties(&self) -> &BasicProperties {
+        self.properties.as_deref().unwrap_or(&DEFAULT_PROPERTIES)
+    }
+
+    /// Body bytes plus the properties' heap bytes: what `x-max-length-bytes`
+    /// counts is the body alone, as in RabbitMQ.
+    pub(crate) fn body_len(&self) -> usize {
+        self.body.len()
+    }
+
+    pub(crate) fn to_message(&self) -> Message {
+        Message {
+            properties: self.properties().clone(),
+            body: self.body.clone(),
+        }
+    }
+
+    #[allow(dead_code)]
+    pub(crate) fn approx_heap(&self) -> usize {
+        self.routing_key.len()
+            + self.properties.as_ref().map_or(0, |p| {
+                std::mem::size_of::<BasicProperties>() + p.heap_size()
+            })
+    }
+}

@@ -1,0 +1,490 @@
+//! Queues: ready messages, overflow, TTL, dead letters, and dispatch.
+//!
+//! # What a queue promises
+//!
+//! Every message copy a queue accepts is, at any moment, in exactly one place:
+//! *ready* (in the queue), *unacked* (handed to a consumer or `get`, not yet
+//! answered), or gone for a counted reason: acked, discarded by a
+//! `nack`/`reject` without requeue, dropped from the head by `drop-head`
+//! overflow, expired, purged, or deleted with the queue. A copy refused at the
+//! door by `reject-publish` is counted as rejected and never entered. Copies
+//! that leave for a reason the queue dead-letters (rejected, expired, maxlen)
+//! are republished to the dead-letter exchange and counted there too. The
+//! counters in [`QueueStats`](crate::QueueStats) obey that conservation law;
+//! the crate's property tests check it.
+//!
+//! # How it works
+//!
+//! One mutex guards the ready list, the consumer list and the counters. Ready
+//! messages are kept sorted by a per-queue sequence number, so a requeued
+//! message goes back to its original place, whatever order deliveries are
+//! answered in. Dispatch runs under that lock whenever something changes
+//! (a publish, a requeue, a new consumer, credit coming back): it hands the head
+//! to the next consumer in round-robin order that has prefetch credit, pushing
+//! it into that consumer's inbox (lock order: queue, then inbox). Credit comes
+//! back through an atomic counter without the queue lock; only a consumer that
+//! was at its prefetch limit takes the lock to restart dispatch.
+//!
+//! Expiry is checked at the head (as RabbitMQ does) on every operation and by
+//! the broker's timer. Dead letters are collected under the lock and published
+//! after it is released, so a dead-letter cycle back into the same queue cannot
+//! deadlock.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::broker::BrokerInner;
+use crate::consumer::ConsumerShared;
+use crate::field::FieldTable;
+use crate::message::Content;
+use crate::options::{Overflow, OwnerId};
+use crate::wait::WaitList;
+
+/// The parsed, validated settings of a queue.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct QueueConfig {
+    pub(crate) durable: bool,
+    pub(crate) exclusive: Option<OwnerId>,
+    pub(crate) auto_delete: bool,
+    pub(crate) arguments: FieldTable,
+    pub(crate) max_length: Option<u64>,
+    pub(crate) max_length_bytes: Option<u64>,
+    pub(crate) overflow: Overflow,
+    pub(crate) message_ttl: Option<u64>,
+    pub(crate) expires: Option<u64>,
+    pub(crate) dead_letter_exchange: Option<String>,
+    pub(crate) dead_letter_routing_key: Option<String>,
+}
+
+/// One message copy in a queue.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) content: Arc<Content>,
+    pub(crate) seq: u64,
+    /// Milliseconds on the broker clock; `u64::MAX` = never.
+    pub(crate) expires_at: u64,
+    pub(crate) redelivered: bool,
+}
+
+/// Why a copy left a queue for its dead-letter exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeathReason {
+    Rejected,
+    Expired,
+    Maxlen,
+}
+
+impl DeathReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            DeathReason::Rejected => "rejected",
+            DeathReason::Expired => "expired",
+            DeathReason::Maxlen => "maxlen",
+        }
+    }
+}
+
+/// A copy on its way to a dead-letter exchange.
+#[derive(Debug)]
+pub(crate) struct DeadLetter {
+    pub(crate) content: Arc<Content>,
+    pub(crate) reason: DeathReason,
+    pub(crate) queue: Arc<str>,
+    pub(crate) exchange: String,
+    pub(crate) routing_key: Option<String>,
+}
+
+/// Counters kept under the queue lock.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counters {
+    pub(crate) enqueued: u64,
+    pub(crate) rejected: u64,
+    pub(crate) dropped: u64,
+    pub(crate) expired: u64,
+    pub(crate) discarded: u64,
+    pub(crate) purged: u64,
+    pub(crate) deleted: u64,
+    pub(crate) dead_lettered: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct QueueState {
+    pub(crate) ready: VecDeque<Entry>,
+    pub(crate) ready_bytes: u64,
+    pub(crate) consumers: Vec<Arc<ConsumerShared>>,
+    rr: usize,
+    next_seq: u64,
+    pub(crate) deleted: bool,
+    /// Broker-clock time the queue was last used (for `x-expires`).
+    pub(crate) last_used: u64,
+    pub(crate) had_consumer: bool,
+    pub(crate) has_exclusive_consumer: bool,
+    /// Publishers waiting for room (`block` overflow).
+    pub(crate) room: WaitList,
+    pub(crate) counters: Counters,
+    /// Earliest deadline handed to the broker timer.
+    scheduled: u64,
+}
+
+/// What happened to one copy offered to a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// The queue took it (it may have pushed another out of the head).
+    Accepted,
+    /// `reject-publish` / `reject-publish-dlx` refused it.
+    Rejected,
+    /// `block` overflow and no room; nothing was taken.
+    Full,
+    /// The queue was deleted meanwhile.
+    Gone,
+}
+
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub(crate) id: u64,
+    pub(crate) name: Arc<str>,
+    pub(crate) config: QueueConfig,
+    pub(crate) broker: Weak<BrokerInner>,
+    pub(crate) state: Mutex<QueueState>,
+    /// Copies handed out and not yet answered.
+    pub(crate) unacked: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    get_tags: AtomicU64,
+}
+
+/// Work to finish after the queue lock is released.
+#[derive(Debug, Default)]
+#[must_use]
+pub(crate) struct AfterUnlock {
+    pub(crate) dead_letters: Vec<DeadLetter>,
+    pub(crate) schedule: Option<(u64, Arc<str>, u64)>,
+}
+
+impl Queue {
+    pub(crate) fn new(
+        id: u64,
+        name: Arc<str>,
+        config: QueueConfig,
+        broker: Weak<BrokerInner>,
+        now: u64,
+    ) -> Queue {
+        Queue {
+            id,
+            name,
+            config,
+            broker,
+            state: Mutex::new(QueueState {
+                last_used: now,
+                scheduled: u64::MAX,
+                ..QueueState::default()
+            }),
+            unacked: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            get_tags: AtomicU64::new(0),
+        }
+    }
+
+    /// The deadline for a copy enqueued now with an optional per-message TTL.
+    pub(crate) fn deadline(&self, now: u64, message_ttl: Option<u64>) -> u64 {
+        match (self.config.message_ttl, message_ttl) {
+            (None, None) => u64::MAX,
+            (a, b) => now.saturating_add(a.unwrap_or(u64::MAX).min(b.unwrap_or(u64::MAX))),
+        }
+    }
+
+    fn over_limit(&self, st: &QueueState, extra_len: u64, extra_bytes: u64) -> bool {
+        self.config
+            .max_length
+            .is_some_and(|m| st.ready.len() as u64 + extra_len > m)
+            || self
+                .config
+                .max_length_bytes
+                .is_some_and(|m| st.ready_bytes + extra_bytes > m)
+    }
+
+    /// Whether a `block` queue has room for one more message of this size.
+    pub(crate) fn has_room(&self, st: &QueueState, bytes: u64) -> bool {
+        !self.over_limit(st, 1, bytes)
+    }
+
+    /// Offers one copy. `force` makes a `block` queue take it even when full
+    /// (used after a room check, and for dead letters, which must not wait).
+    pub(crate) fn offer(
+        &self,
+        st: &mut QueueState,
+        content: &Arc<Content>,
+        expires_at: u64,
+        now: u64,
+        force: bool,
+        after: &mut AfterUnlock,
+    ) -> Offer {
+        if st.deleted {
+            return Offer::Gone;
+        }
+        self.expire_head(st, now, after);
+        let bytes = content.body_len() as u64;
+        if self.over_limit(st, 1, bytes) {
+            match self.config.overflow {
+                Overflow::DropHead => {}
+                Overflow::RejectPublish => {
+                    st.counters.rejected += 1;
+                    return Offer::Rejected;
+                }
+                Overflow::RejectPublishDlx => {
+                    st.counters.rejected += 1;
+                    self.dead_letter(st, content.clone(), DeathReason::Maxlen, after);
+                    return Offer::Rejected;
+                }
+                Overflow::Block if !force => return Offer::Full,
+                Overflow::Block => {}
+            }
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.counters.enqueued += 1;
+        st.ready_bytes += bytes;
+        st.ready.push_back(Entry {
+            content: content.clone(),
+            seq,
+            expires_at,
+            redelivered: false,
+        });
+        self.dispatch(st, now, after);
+        if self.config.overflow == Overflow::DropHead {
+            self.drop_head_over_limit(st, after);
+        }
+        self.plan_timer(st, after);
+        Offer::Accepted
+    }
+
+    /// Puts an unanswered copy back at its original place.
+    pub(crate) fn requeue(
+        &self,
+        st: &mut QueueState,
+        mut entry: Entry,
+        now: u64,
+        after: &mut AfterUnlock,
+    ) {
+        if st.deleted {
+            st.counters.deleted += 1;
+            return;
+        }
+        entry.redelivered = true;
+        self.insert_sorted(st, entry);
+        self.expire_head(st, now, after);
+        self.dispatch(st, now, after);
+        if self.config.overflow == Overflow::DropHead {
+            self.drop_head_over_limit(st, after);
+        }
+        self.plan_timer(st, after);
+    }
+
+    /// Puts copies a consumer never showed to the application back, without
+    /// marking them redelivered.
+    pub(crate) fn restore(&self, st: &mut QueueState, entries: impl IntoIterator<Item = Entry>) {
+        for e in entries {
+            if st.deleted {
+                st.counters.deleted += 1;
+            } else {
+                self.insert_sorted(st, e);
+            }
+        }
+    }
+
+    fn insert_sorted(&self, st: &mut QueueState, entry: Entry) {
+        st.ready_bytes += entry.content.body_len() as u64;
+        let at = st.ready.partition_point(|e| e.seq < entry.seq);
+        st.ready.insert(at, entry);
+    }
+
+    /// A copy answered with `nack`/`reject` and no requeue.
+    pub(crate) fn discard(
+        &self,
+        st: &mut QueueState,
+        content: Arc<Content>,
+        after: &mut AfterUnlock,
+    ) {
+        st.counters.discarded += 1;
+        if !st.deleted {
+            self.dead_letter(st, content, DeathReason::Rejected, after);
+        }
+    }
+
+    fn pop_ready(st: &mut QueueState) -> Option<Entry> {
+        let e = st.ready.pop_front()?;
+        st.ready_bytes -= e.content.body_len() as u64;
+        Some(e)
+    }
+
+    fn dead_letter(
+        &self,
+        st: &mut QueueState,
+        content: Arc<Content>,
+        reason: DeathReason,
+        after: &mut AfterUnlock,
+    ) {
+        if let Some(exchange) = &self.config.dead_letter_exchange {
+            st.counters.dead_lettered += 1;
+            after.dead_letters.push(DeadLetter {
+                content,
+                reason,
+                queue: self.name.clone(),
+                exchange: exchange.clone(),
+                routing_key: self.config.dead_letter_routing_key.clone(),
+            });
+        }
+    }
+
+    fn drop_head_over_limit(&self, st: &mut QueueState, after: &mut AfterUnlock) {
+        while self.over_limit(st, 0, 0) {
+            let Some(e) = Self::pop_ready(st) else { break };
+            st.counters.dropped += 1;
+            self.dead_letter(st, e.content, DeathReason::Maxlen, after);
+        }
+        if self.config.overflow == Overflow::Block {
+            st.room.notify_all();
+        }
+    }
+
+    /// Drops expired copies from the head.
+    pub(crate) fn expire_head(&self, st: &mut QueueState, now: u64, after: &mut AfterUnlock) {
+        let mut freed = false;
+        while st.ready.front().is_some_and(|e| e.expires_at <= now) {
+            let Some(e) = Self::pop_ready(st) else { break };
+            st.counters.expired += 1;
+            freed = true;
+            self.dead_letter(st, e.content, DeathReason::Expired, after);
+        }
+        if freed {
+            self.room_freed(st);
+        }
+    }
+
+    fn room_freed(&self, st: &mut QueueState) {
+        if self.config.overflow == Overflow::Block && !st.room.is_empty() {
+            st.room.notify_all();
+        }
+    }
+
+    /// Hands ready copies to consumers with credit, round-robin.
+    pub(crate) fn dispatch(&self, st: &mut QueueState, now: u64, after: &mut AfterUnlock) {
+        if st.consumers.is_empty() || st.ready.is_empty() {
+            return;
+        }
+        let mut moved = false;
+        'outer: while !st.ready.is_empty() {
+            let n = st.consumers.len();
+            for i in 0..n {
+                let idx = (st.rr + i) % n;
+                let c = &st.consumers[idx];
+                if c.try_take_credit() {
+                    self.expire_head(st, now, after);
+                    let Some(e) = Self::pop_ready(st) else {
+                        st.consumers[idx].return_credit_no_dispatch();
+                        break 'outer;
+                    };
+                    self.unacked.fetch_add(1, Ordering::Relaxed);
+                    st.consumers[idx].push(e);
+                    st.rr = (idx + 1) % n;
+                    moved = true;
+                    continue 'outer;
+                }
+            }
+            break;
+        }
+        if moved {
+            self.room_freed(st);
+        }
+    }
+
+    /// `basic.get`: the head copy, if any, and how many stay ready.
+    pub(crate) fn get(
+        &self,
+        st: &mut QueueState,
+        now: u64,
+        no_ack: bool,
+        after: &mut AfterUnlock,
+    ) -> Option<(Entry, u64)> {
+        st.last_used = now;
+        self.expire_head(st, now, after);
+        let e = Self::pop_ready(st)?;
+        if no_ack {
+            self.acked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.unacked.fetch_add(1, Ordering::Relaxed);
+        }
+        self.room_freed(st);
+        self.plan_timer(st, after);
+        Some((e, st.ready.len() as u64))
+    }
+
+    pub(crate) fn next_get_tag(&self) -> u64 {
+        self.get_tags.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Removes every ready copy; returns how many.
+    pub(crate) fn purge(&self, st: &mut QueueState) -> u64 {
+        let n = st.ready.len() as u64;
+        st.ready.clear();
+        st.ready_bytes = 0;
+        st.counters.purged += n;
+        self.room_freed(st);
+        n
+    }
+
+    /// Marks the queue deleted: drops its ready copies, cancels its consumers,
+    /// wakes blocked publishers. Returns how many ready copies it held.
+    pub(crate) fn mark_deleted(&self, st: &mut QueueState) -> u64 {
+        let n = st.ready.len() as u64;
+        st.deleted = true;
+        st.ready.clear();
+        st.ready_bytes = 0;
+        st.counters.deleted += n;
+        for c in st.consumers.drain(..) {
+            let dropped = c.cancel_by_server();
+            st.counters.deleted += dropped;
+            self.unacked.fetch_sub(dropped, Ordering::Relaxed);
+        }
+        st.room.notify_all();
+        n
+    }
+
+    /// The earliest moment something time-driven is due (head TTL or the
+    /// `x-expires` lease), on the broker clock.
+    fn next_deadline(&self, st: &QueueState) -> u64 {
+        let head = st.ready.front().map_or(u64::MAX, |e| e.expires_at);
+        let lease = match self.config.expires {
+            Some(ms) if st.consumers.is_empty() => st.last_used.saturating_add(ms),
+            _ => u64::MAX,
+        };
+        head.min(lease)
+    }
+
+    pub(crate) fn plan_timer(&self, st: &mut QueueState, after: &mut AfterUnlock) {
+        let due = self.next_deadline(st);
+        if due < st.scheduled {
+            st.scheduled = due;
+            after.schedule = Some((due, self.name.clone(), self.id));
+        }
+    }
+
+    /// Timer pass: expire the head; report whether the `x-expires` lease ran out.
+    pub(crate) fn on_timer(&self, st: &mut QueueState, now: u64, after: &mut AfterUnlock) -> bool {
+        st.scheduled = u64::MAX;
+        if st.deleted {
+            return false;
+        }
+        self.expire_head(st, now, after);
+        let lease_over = self
+            .config
+            .expires
+            .is_some_and(|ms| st.consumers.is_empty() && now >= st.last_used.saturating_add(ms));
+        if !lease_over {
+            self.plan_timer(st, after);
+        }
+        lease_over
+    }
+}

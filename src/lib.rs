@@ -1,0 +1,1 @@
+pub use warren_core::*;
