@@ -78,7 +78,7 @@ const PROCESS_OWNER: OwnerId = OwnerId(0);
 /// ```
 #[derive(Clone)]
 pub struct Broker {
-    inner: Arc<BrokerInner>,
+    pub(crate) inner: Arc<BrokerInner>,
 }
 
 impl fmt::Debug for Broker {

@@ -1,0 +1,1 @@
+//! warren-rpc (in progress).

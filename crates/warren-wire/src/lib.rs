@@ -1,0 +1,1 @@
+//! warren-wire (in progress).
