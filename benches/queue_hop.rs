@@ -1,0 +1,130 @@
+//! A queue hop between two threads: warren's direct publish → deliver → ack of
+//! a 16-byte body, against a raw `crossbeam-channel` bounded SPSC hop carrying
+//! a `Bytes` (the baseline, in the same run). Target: warren ≥ 70 % of the raw
+//! hop's throughput.
+//!
+//! `cargo bench --bench queue_hop` prints criterion's figures, then the
+//! median of interleaved rounds and the ratio.
+
+mod common;
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{criterion_group, Criterion, Throughput};
+use warren::{Broker, ConsumeOptions, FieldTable, QueueDeclareOptions};
+
+const BATCH: u64 = 20_000;
+const BODY: &[u8; 16] = b"0123456789abcdef";
+
+/// Raw crossbeam: one producer thread, one consumer thread, bounded 1024.
+fn crossbeam_hop(n: u64) -> Duration {
+    let (tx, rx) = crossbeam_channel::bounded::<Bytes>(1024);
+    let start = Instant::now();
+    let consumer = thread::spawn(move || {
+        for _ in 0..n {
+            let b = rx.recv().expect("sender alive");
+            std::hint::black_box(b);
+        }
+    });
+    for _ in 0..n {
+        tx.send(Bytes::from_static(BODY)).expect("receiver alive");
+    }
+    consumer.join().expect("consumer thread");
+    start.elapsed()
+}
+
+/// A broker with `amq.direct` bound to one queue and a consumer with
+/// `prefetch` credit.
+fn setup(prefetch: u32) -> (Broker, warren::Consumer) {
+    let broker = Broker::new();
+    broker
+        .declare_queue("hop", QueueDeclareOptions::default())
+        .expect("declare");
+    broker
+        .bind_queue("hop", "amq.direct", "hop", &FieldTable::new())
+        .expect("bind");
+    let consumer = broker
+        .consume(
+            "hop",
+            ConsumeOptions {
+                prefetch,
+                ..Default::default()
+            },
+        )
+        .expect("consume");
+    (broker, consumer)
+}
+
+/// warren: publish through `amq.direct` on this thread, receive and ack on
+/// another.
+fn warren_hop(broker: &Broker, consumer: warren::Consumer, n: u64) -> (Duration, warren::Consumer) {
+    let start = Instant::now();
+    let handle = thread::spawn(move || {
+        for _ in 0..n {
+            let d = consumer.recv().expect("consumer alive");
+            d.ack();
+        }
+        consumer
+    });
+    for _ in 0..n {
+        broker
+            .publish("amq.direct", "hop", Bytes::from_static(BODY))
+            .expect("publish");
+    }
+    let consumer = handle.join().expect("consumer thread");
+    (start.elapsed(), consumer)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("queue_hop");
+    g.throughput(Throughput::Elements(BATCH));
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(3));
+    g.bench_function("crossbeam_bounded_spsc", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| crossbeam_hop(BATCH)).sum())
+    });
+    let (broker, consumer) = setup(1000);
+    let mut slot = Some(consumer);
+    g.bench_function("warren_direct_publish_deliver_ack", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let (t, c) = warren_hop(&broker, slot.take().expect("consumer"), BATCH);
+                slot = Some(c);
+                total += t;
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    let rounds = if common::quick() { 1 } else { 15 };
+    let (broker, consumer) = setup(1000);
+    let mut slot = Some(consumer);
+    let (raw, ours) = common::interleaved(
+        rounds,
+        || crossbeam_hop(BATCH),
+        || {
+            let (t, c) = warren_hop(&broker, slot.take().expect("consumer"), BATCH);
+            slot = Some(c);
+            t
+        },
+    );
+    let rate = |d: Duration| BATCH as f64 / d.as_secs_f64();
+    println!(
+        "queue_hop: crossbeam {:.2} M msg/s, warren {:.2} M msg/s (medians of {rounds} interleaved rounds of {BATCH}); warren/crossbeam = {:.0} %",
+        rate(raw) / 1e6,
+        rate(ours) / 1e6,
+        100.0 * rate(ours) / rate(raw)
+    );
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
+}
