@@ -21,6 +21,11 @@
 //! auto-delete queue) is collected and done after the later locks are
 //! released.
 
+// `PublishError` hands the unpublished `Message` back by value, as
+// crossbeam's `SendError<T>` does: the caller keeps its message without a
+// clone or a box on the hot path, so the large `Err` variant is deliberate.
+#![allow(clippy::result_large_err)]
+
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::hash_map::RandomState;
@@ -152,10 +157,61 @@ impl PublishError {
     }
 }
 
+/// The counters of deleted queues, so broker totals never go backwards.
+///
+/// A deleted queue may still be referred to by deliveries (and consumers)
+/// that have not been answered yet; their answers still count, on the dead
+/// queue. Such a queue stays here, read live, until nothing else refers to
+/// it; then its final counters are folded in.
 #[derive(Debug, Default)]
 struct Gone {
+    /// Folded counters of deleted queues nothing refers to any more.
     counters: Counters,
     acked: u64,
+    /// Deleted queues still referred to from outside the broker.
+    zombies: Vec<Arc<Queue>>,
+}
+
+impl Gone {
+    /// Folds in every deleted queue nothing else refers to any more.
+    fn reap(&mut self) {
+        let mut i = 0;
+        while i < self.zombies.len() {
+            if Arc::strong_count(&self.zombies[i]) > 1 {
+                i += 1;
+                continue;
+            }
+            // Pairs with the release of the last other reference's drop: what
+            // its last answer counted is visible below.
+            std::sync::atomic::fence(Ordering::Acquire);
+            let q = self.zombies.swap_remove(i);
+            let st = q.state.lock();
+            let (c, g) = (&st.counters, &mut self.counters);
+            g.enqueued += c.enqueued;
+            g.rejected += c.rejected;
+            g.dropped += c.dropped;
+            g.expired += c.expired;
+            g.discarded += c.discarded;
+            g.purged += c.purged;
+            g.dead_lettered += c.dead_lettered;
+            // Copies still counted unacked can never be answered now (a
+            // forgotten `Delivery`): they went with the queue.
+            g.deleted += c.deleted + q.unacked.load(Ordering::Relaxed);
+            self.acked += q.acked.load(Ordering::Relaxed);
+        }
+    }
+
+    /// Everything deleted queues counted, zombies read live.
+    fn totals(&mut self) -> QueueStats {
+        self.reap();
+        let mut t = QueueStats::default();
+        add_counters(&mut t, &self.counters);
+        t.acked += self.acked;
+        for q in &self.zombies {
+            add_stats(&mut t, &queue_stats(q));
+        }
+        t
+    }
 }
 
 pub(crate) struct BrokerInner {
@@ -168,6 +224,7 @@ pub(crate) struct BrokerInner {
     names: RandomState,
     timer: Arc<Timer>,
     /// Counters of deleted queues, so broker totals never go backwards.
+    /// Lock order: `gone`, then a deleted queue's state.
     gone: Mutex<Gone>,
     this: Weak<BrokerInner>,
 }
@@ -207,6 +264,19 @@ struct Prepared {
     exchange: Arc<Exchange>,
     content: Arc<Content>,
     ttl: Option<u64>,
+    /// The headers as published, when routing changed them (`BCC` removed).
+    original_headers: Option<FieldTable>,
+}
+
+impl Prepared {
+    /// The message as the publisher gave it, to hand back unpublished.
+    fn message(&self) -> Message {
+        let mut m = self.content.to_message();
+        if let Some(h) = &self.original_headers {
+            m.properties.headers = Some(h.clone());
+        }
+        m
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -353,7 +423,7 @@ impl Broker {
         }
         if name.starts_with("amq.") {
             return Err(Error::AccessRefused(format!(
-                "operation not permitted on exchange '{name}' in vhost '{}'",
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
                 self.inner.vhost
             )));
         }
@@ -375,8 +445,10 @@ impl Broker {
     ///
     /// # Errors
     ///
-    /// 404 for a passive declare of a missing queue; 403 for a new name
-    /// starting with `amq.`; 405 for another owner's exclusive queue; 406 for
+    /// 404 for a passive declare of a missing queue; 403 for a name starting
+    /// with `amq.` (unless passive: server-named queues are redeclared
+    /// passively, as in RabbitMQ); 405 for another owner's exclusive queue, or
+    /// a redeclare whose `exclusive` differs from the queue's; 406 for
     /// an invalid argument, or when the queue exists with another `durable`,
     /// `auto_delete` or known `x-` argument (RabbitMQ's wording:
     /// `inequivalent arg 'durable' for queue 'q' in vhost '/': received 'true'
@@ -395,6 +467,12 @@ impl Broker {
         }
         let name: Arc<str> = if name.is_empty() {
             Arc::from(inner.generate_name("amq.gen-").as_str())
+        } else if name.starts_with("amq.") {
+            // RabbitMQ checks a name the client chose before looking it up:
+            // even an existing server-named queue cannot be redeclared by name.
+            return Err(Error::AccessRefused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
         } else {
             Arc::from(name)
         };
@@ -404,14 +482,9 @@ impl Broker {
             if let Some(q) = map.get(&name) {
                 let q = q.clone();
                 drop(map);
-                inner.check_owner(&q, options.owner.or(config.exclusive))?;
+                inner.check_redeclare_owner(&q, options.owner, config.exclusive)?;
                 queue_equivalent(&q, &config, &inner.vhost)?;
                 return Ok(q.touch_and_report(now));
-            }
-            if name.starts_with("amq.") && !name.starts_with("amq.gen-") {
-                return Err(Error::AccessRefused(format!(
-                    "queue name '{name}' contains reserved prefix 'amq.*'"
-                )));
             }
             let q = Arc::new(Queue::new(
                 inner.next_id(),
@@ -753,12 +826,11 @@ impl Broker {
             })
             .collect();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-        let gone = self.inner.gone.lock();
+        let gone = self.inner.gone.lock().totals();
         BrokerStats {
-            dropped: gone.counters.dropped + queues.iter().map(|q| q.dropped).sum::<u64>(),
-            dead_lettered: gone.counters.dead_lettered
-                + queues.iter().map(|q| q.dead_lettered).sum::<u64>(),
-            expired: gone.counters.expired + queues.iter().map(|q| q.expired).sum::<u64>(),
+            dropped: gone.dropped + queues.iter().map(|q| q.dropped).sum::<u64>(),
+            dead_lettered: gone.dead_lettered + queues.iter().map(|q| q.dead_lettered).sum::<u64>(),
+            expired: gone.expired + queues.iter().map(|q| q.expired).sum::<u64>(),
             unroutable: exchanges.iter().map(|x| x.unroutable).sum(),
             queues,
             exchanges,
@@ -766,31 +838,13 @@ impl Broker {
     }
 
     /// Counters summed over every queue this broker ever had, deleted ones
-    /// included: for conservation checks.
+    /// included: for conservation checks. A delivery from a deleted queue
+    /// counts as unacked until it is answered (or dropped), then as acked,
+    /// discarded or deleted.
     pub fn totals(&self) -> QueueStats {
-        let mut t = QueueStats {
-            name: String::new(),
-            ..QueueStats::default()
-        };
-        {
-            let gone = self.inner.gone.lock();
-            add_counters(&mut t, &gone.counters);
-            t.acked += gone.acked;
-        }
+        let mut t = self.inner.gone.lock().totals();
         for q in self.inner.queues.read().values() {
-            let s = queue_stats(q);
-            t.ready += s.ready;
-            t.unacked += s.unacked;
-            t.consumers += s.consumers;
-            t.enqueued += s.enqueued;
-            t.acked += s.acked;
-            t.discarded += s.discarded;
-            t.dropped += s.dropped;
-            t.rejected += s.rejected;
-            t.expired += s.expired;
-            t.purged += s.purged;
-            t.deleted += s.deleted;
-            t.dead_lettered += s.dead_lettered;
+            add_stats(&mut t, &queue_stats(q));
         }
         t
     }
@@ -841,6 +895,21 @@ fn add_counters(t: &mut QueueStats, c: &Counters) {
     t.purged += c.purged;
     t.deleted += c.deleted;
     t.dead_lettered += c.dead_lettered;
+}
+
+fn add_stats(t: &mut QueueStats, s: &QueueStats) {
+    t.ready += s.ready;
+    t.unacked += s.unacked;
+    t.consumers += s.consumers;
+    t.acked += s.acked;
+    t.enqueued += s.enqueued;
+    t.discarded += s.discarded;
+    t.dropped += s.dropped;
+    t.rejected += s.rejected;
+    t.expired += s.expired;
+    t.purged += s.purged;
+    t.deleted += s.deleted;
+    t.dead_lettered += s.dead_lettered;
 }
 
 fn queue_stats(q: &Queue) -> QueueStats {
@@ -925,13 +994,35 @@ impl BrokerInner {
             .ok_or_else(|| self.no_queue(name))
     }
 
+    fn locked(&self, q: &Queue) -> Error {
+        Error::ResourceLocked(format!(
+            "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+            q.name, self.vhost
+        ))
+    }
+
+    /// Use of a queue (RabbitMQ's lax check): its owner, or anyone when it
+    /// is not exclusive. A caller without an owner is trusted.
     fn check_owner(&self, q: &Queue, caller: Option<OwnerId>) -> Result<()> {
         match (q.config.exclusive, caller) {
-            (Some(owner), Some(c)) if owner != c => Err(Error::ResourceLocked(format!(
-                "cannot obtain exclusive access to locked queue '{}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
-                q.name, self.vhost
-            ))),
+            (Some(owner), Some(c)) if owner != c => Err(self.locked(q)),
             _ => Ok(()),
+        }
+    }
+
+    /// A redeclare (RabbitMQ's strict check): the exclusive owner asked for
+    /// (`None` for a shared queue) must be the queue's. A caller without an
+    /// owner that does not ask for exclusivity is trusted.
+    fn check_redeclare_owner(
+        &self,
+        q: &Queue,
+        caller: Option<OwnerId>,
+        requested: Option<OwnerId>,
+    ) -> Result<()> {
+        if caller.is_none() && requested.is_none() || q.config.exclusive == requested {
+            Ok(())
+        } else {
+            Err(self.locked(q))
         }
     }
 
@@ -998,26 +1089,11 @@ impl BrokerInner {
             }
         }
         self.remove_bindings_to(q.id);
-        let n = {
-            let mut st = q.state.lock();
-            let n = q.mark_deleted(&mut st);
-            let mut gone = self.gone.lock();
-            let c = &st.counters;
-            let g = &mut gone.counters;
-            g.enqueued += c.enqueued;
-            g.rejected += c.rejected;
-            g.dropped += c.dropped;
-            g.expired += c.expired;
-            g.discarded += c.discarded;
-            g.purged += c.purged;
-            g.deleted += c.deleted;
-            g.dead_lettered += c.dead_lettered;
-            // Copies answered after this point count on the dead queue;
-            // freeze what it had.
-            st.counters = Counters::default();
-            gone.acked += q.acked.swap(0, Ordering::Relaxed);
-            n
-        };
+        let n = q.mark_deleted(&mut q.state.lock());
+        // Deliveries still out count on the dead queue when answered.
+        let mut gone = self.gone.lock();
+        gone.zombies.push(q.clone());
+        gone.reap();
         n
     }
 
@@ -1148,11 +1224,16 @@ impl BrokerInner {
                 }
             }
         }
-        if !extra.is_empty() {
-            if let Some(h) = message.properties.headers.as_mut() {
+        // BCC never reaches a queue (nor a headers binding), whatever it holds.
+        // The original headers are kept to hand the message back untouched.
+        let original_headers = match message.properties.headers.as_mut() {
+            Some(h) if h.contains_key("BCC") => {
+                let original = h.clone();
                 h.remove("BCC");
+                Some(original)
             }
-        }
+            _ => None,
+        };
         let one = [routing_key];
         let all_keys: Vec<&str>;
         let keys: &[&str] = if extra.is_empty() {
@@ -1175,6 +1256,7 @@ impl BrokerInner {
             exchange: x,
             content,
             ttl,
+            original_headers,
         })
     }
 
@@ -1266,7 +1348,7 @@ impl BrokerInner {
             {
                 let st = q.state.lock();
                 if !st.deleted && !q.has_room(&st, bytes) {
-                    return Err(PublishError::Full(p.content.to_message()));
+                    return Err(PublishError::Full(p.message()));
                 }
             }
         }
@@ -1331,6 +1413,10 @@ impl BrokerInner {
             &keys,
             original_expiration,
         );
+        if routing_key.is_some() {
+            // RabbitMQ: a dead-letter routing key replaces every key, CC too.
+            headers.remove("CC");
+        }
         let route_keys: Vec<&str> = match &routing_key {
             Some(rk) => vec![rk.as_str()],
             None => keys.iter().map(String::as_str).collect(),

@@ -166,7 +166,15 @@ impl Bindings {
                 }
             }
             Index::Topic(t) => {
-                t.remove(&b.routing_key, &b.dest);
+                // The trie holds each (pattern, destination) pair once; keep it
+                // while another binding (other arguments) still needs it.
+                let still_bound = self
+                    .list
+                    .iter()
+                    .any(|o| o.dest.id() == id && o.routing_key == b.routing_key);
+                if !still_bound {
+                    t.remove(&b.routing_key, &b.dest);
+                }
             }
             Index::Headers(v) => {
                 // Several bindings to one destination differ by arguments:

@@ -6,12 +6,13 @@
 //! *ready* (in the queue), *unacked* (handed to a consumer or `get`, not yet
 //! answered), or gone for a counted reason: acked, discarded by a
 //! `nack`/`reject` without requeue, dropped from the head by `drop-head`
-//! overflow, expired, purged, or deleted with the queue. A copy refused at the
-//! door by `reject-publish` is counted as rejected and never entered. Copies
-//! that leave for a reason the queue dead-letters (rejected, expired, maxlen)
-//! are republished to the dead-letter exchange and counted there too. The
-//! counters in [`QueueStats`](crate::QueueStats) obey that conservation law;
-//! the crate's property tests check it.
+//! overflow, expired, purged, or deleted with the queue. (A copy handed out
+//! before its queue was deleted stays unacked until it is answered.) A copy
+//! refused at the door by `reject-publish` is counted as rejected and never
+//! entered. Copies that leave for a reason the queue dead-letters (rejected,
+//! expired, maxlen) are republished to the dead-letter exchange and counted
+//! there too. The counters in [`QueueStats`](crate::QueueStats) obey that
+//! conservation law; the crate's property tests check it.
 //!
 //! # How it works
 //!
@@ -25,10 +26,13 @@
 //! back through an atomic counter without the queue lock; only a consumer that
 //! was at its prefetch limit takes the lock to restart dispatch.
 //!
-//! Expiry is checked at the head (as RabbitMQ does) on every operation and by
-//! the broker's timer. Dead letters are collected under the lock and published
-//! after it is released, so a dead-letter cycle back into the same queue cannot
-//! deadlock.
+//! A message that arrives at an empty queue while a consumer has credit goes
+//! straight to that consumer, before its TTL is looked at: a TTL of 0 means
+//! "deliver now or never", as in RabbitMQ. Otherwise expiry is checked at the
+//! head (as RabbitMQ does) on every operation and by the broker's timer.
+//!
+//! Dead letters are collected under the lock and published after it is
+//! released, so a dead-letter cycle back into the same queue cannot deadlock.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -245,14 +249,25 @@ impl Queue {
         let seq = st.next_seq;
         st.next_seq += 1;
         st.counters.enqueued += 1;
-        st.ready_bytes += bytes;
-        st.ready.push_back(Entry {
+        let entry = Entry {
             content: content.clone(),
             seq,
             expires_at,
             redelivered: false,
-        });
+        };
+        // A consumer waiting on an empty queue gets the message before its
+        // TTL is looked at: a TTL of 0 means "now or never" (RabbitMQ).
+        if st.ready.is_empty() {
+            if let Some(idx) = Self::take_credit(st) {
+                self.hand_to(st, idx, entry);
+                return Offer::Accepted;
+            }
+        }
+        st.ready_bytes += bytes;
+        st.ready.push_back(entry);
         self.dispatch(st, now, after);
+        // Nobody took it: a message whose TTL is already up goes now.
+        self.expire_head(st, now, after);
         if self.config.overflow == Overflow::DropHead {
             self.drop_head_over_limit(st, after);
         }
@@ -268,23 +283,21 @@ impl Queue {
         now: u64,
         after: &mut AfterUnlock,
     ) {
-        if st.deleted {
-            st.counters.deleted += 1;
-            return;
-        }
         entry.redelivered = true;
-        self.insert_sorted(st, entry);
-        self.expire_head(st, now, after);
-        self.dispatch(st, now, after);
-        if self.config.overflow == Overflow::DropHead {
-            self.drop_head_over_limit(st, after);
-        }
-        self.plan_timer(st, after);
+        self.restore(st, [entry], now, after);
     }
 
-    /// Puts copies a consumer never showed to the application back, without
-    /// marking them redelivered.
-    pub(crate) fn restore(&self, st: &mut QueueState, entries: impl IntoIterator<Item = Entry>) {
+    /// Puts copies back at their original places, as they are (copies a
+    /// consumer never showed to the application are not marked
+    /// redelivered). Like any requeue, this may expire the head, dispatch,
+    /// and drop from the head what is over a `drop-head` bound.
+    pub(crate) fn restore(
+        &self,
+        st: &mut QueueState,
+        entries: impl IntoIterator<Item = Entry>,
+        now: u64,
+        after: &mut AfterUnlock,
+    ) {
         for e in entries {
             if st.deleted {
                 st.counters.deleted += 1;
@@ -292,6 +305,15 @@ impl Queue {
                 self.insert_sorted(st, e);
             }
         }
+        if st.deleted {
+            return;
+        }
+        self.expire_head(st, now, after);
+        self.dispatch(st, now, after);
+        if self.config.overflow == Overflow::DropHead {
+            self.drop_head_over_limit(st, after);
+        }
+        self.plan_timer(st, after);
     }
 
     fn insert_sorted(&self, st: &mut QueueState, entry: Entry) {
@@ -375,29 +397,37 @@ impl Queue {
             return;
         }
         let mut moved = false;
-        'outer: while !st.ready.is_empty() {
-            let n = st.consumers.len();
-            for i in 0..n {
-                let idx = (st.rr + i) % n;
-                let c = &st.consumers[idx];
-                if c.try_take_credit() {
-                    self.expire_head(st, now, after);
-                    let Some(e) = Self::pop_ready(st) else {
-                        st.consumers[idx].return_credit_no_dispatch();
-                        break 'outer;
-                    };
-                    self.unacked.fetch_add(1, Ordering::Relaxed);
-                    st.consumers[idx].push(e);
-                    st.rr = (idx + 1) % n;
-                    moved = true;
-                    continue 'outer;
-                }
-            }
-            break;
+        while !st.ready.is_empty() {
+            let Some(idx) = Self::take_credit(st) else {
+                break;
+            };
+            self.expire_head(st, now, after);
+            let Some(e) = Self::pop_ready(st) else {
+                st.consumers[idx].return_credit_no_dispatch();
+                break;
+            };
+            self.hand_to(st, idx, e);
+            moved = true;
         }
         if moved {
             self.room_freed(st);
         }
+    }
+
+    /// Takes one unit of prefetch credit from the next consumer, in
+    /// round-robin order, that has one; returns its index.
+    fn take_credit(st: &QueueState) -> Option<usize> {
+        let n = st.consumers.len();
+        (0..n)
+            .map(|i| (st.rr + i) % n)
+            .find(|&idx| st.consumers[idx].try_take_credit())
+    }
+
+    /// Hands a copy to the consumer whose credit was taken.
+    fn hand_to(&self, st: &mut QueueState, idx: usize, e: Entry) {
+        self.unacked.fetch_add(1, Ordering::Relaxed);
+        st.consumers[idx].push(e);
+        st.rr = (idx + 1) % st.consumers.len();
     }
 
     /// `basic.get`: the head copy, if any, and how many stay ready.

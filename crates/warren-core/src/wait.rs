@@ -50,7 +50,8 @@ impl WaitList {
     pub(crate) fn remove(&mut self, key: u64) -> bool {
         match self.waiters.iter().position(|(k, _)| *k == key) {
             Some(i) => {
-                self.waiters.swap_remove(i);
+                // `remove`, not `swap_remove`: the others keep their turn.
+                self.waiters.remove(i);
                 true
             }
             None => false,
