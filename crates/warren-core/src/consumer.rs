@@ -643,7 +643,7 @@ impl Delivery {
                 let Some(broker) = q.broker.upgrade() else {
                     return;
                 };
-                let now = broker.now();
+                let now = q.now_if_timed(&broker, None);
                 let mut after = AfterUnlock::default();
                 {
                     let mut st = q.state.lock();
@@ -675,7 +675,7 @@ impl Queue {
         let Some(broker) = self.broker.upgrade() else {
             return;
         };
-        let now = broker.now();
+        let now = self.now_if_timed(&broker, None);
         let mut after = AfterUnlock::default();
         {
             let mut st = self.state.lock();

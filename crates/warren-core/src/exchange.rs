@@ -61,7 +61,7 @@ pub(crate) struct Binding {
 
 #[derive(Debug)]
 enum Index {
-    Direct(HashMap<Box<str>, Vec<Dest>>),
+    Direct(HashMap<Box<str>, Vec<Dest>, foldhash::fast::RandomState>),
     Fanout(Vec<Dest>),
     Topic(TopicTrie<Dest>),
     Headers(Vec<(HeadersBinding, Dest)>),
@@ -78,7 +78,7 @@ impl Bindings {
         Bindings {
             list: Vec::new(),
             index: match kind {
-                ExchangeKind::Direct => Index::Direct(HashMap::new()),
+                ExchangeKind::Direct => Index::Direct(HashMap::default()),
                 ExchangeKind::Fanout => Index::Fanout(Vec::new()),
                 ExchangeKind::Topic => Index::Topic(TopicTrie::new()),
                 ExchangeKind::Headers => Index::Headers(Vec::new()),

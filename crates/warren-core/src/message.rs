@@ -212,20 +212,29 @@ impl From<Vec<u8>> for Message {
 #[derive(Debug)]
 pub(crate) struct Content {
     pub(crate) exchange: Arc<str>,
-    pub(crate) routing_key: Box<str>,
+    pub(crate) routing_key: Key,
     /// `None` when no property is set (the common case costs 8 bytes).
     pub(crate) properties: Option<Box<BasicProperties>>,
     pub(crate) body: Bytes,
 }
 
 impl Content {
-    pub(crate) fn new(exchange: Arc<str>, routing_key: &str, message: Message) -> Arc<Content> {
-        let Message { properties, body } = message;
+    /// Moves the message's body and (set) properties into shared content.
+    pub(crate) fn new(
+        exchange: Arc<str>,
+        routing_key: &str,
+        message: &mut Message,
+    ) -> Arc<Content> {
+        let properties = if message.properties.is_empty() {
+            None
+        } else {
+            Some(Box::new(std::mem::take(&mut message.properties)))
+        };
         Arc::new(Content {
             exchange,
-            routing_key: routing_key.into(),
-            properties: (!properties.is_empty()).then(|| Box::new(properties)),
-            body,
+            routing_key: Key::new(routing_key),
+            properties,
+            body: std::mem::take(&mut message.body),
         })
     }
 
@@ -248,9 +257,57 @@ impl Content {
 
     #[allow(dead_code)]
     pub(crate) fn approx_heap(&self) -> usize {
-        self.routing_key.len()
+        self.routing_key.as_str().len()
             + self.properties.as_ref().map_or(0, |p| {
                 std::mem::size_of::<BasicProperties>() + p.heap_size()
             })
+    }
+}
+
+/// A routing key, stored inline when short (most are): one allocation per
+/// message fewer on the hot path.
+#[derive(Clone)]
+pub(crate) enum Key {
+    Inline { len: u8, bytes: [u8; KEY_INLINE] },
+    Heap(Box<str>),
+}
+
+const KEY_INLINE: usize = 22;
+
+impl Key {
+    pub(crate) fn new(s: &str) -> Key {
+        if s.len() <= KEY_INLINE {
+            let mut bytes = [0u8; KEY_INLINE];
+            bytes[..s.len()].copy_from_slice(s.as_bytes());
+            Key::Inline {
+                len: s.len() as u8,
+                bytes,
+            }
+        } else {
+            Key::Heap(s.into())
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Always a whole `&str` copied in `new`, so valid UTF-8.
+            Key::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Key::Heap(s) => s,
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
     }
 }

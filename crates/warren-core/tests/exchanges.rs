@@ -241,7 +241,7 @@ fn internal_exchanges_refuse_publish_but_route_through_bindings() {
     match b.publish("int", "", m.clone()).unwrap_err() {
         PublishError::Refused { error, message } => {
             assert_eq!(error.reply_code(), 403);
-            assert_eq!(message, m);
+            assert_eq!(*message, m);
         }
         e => panic!("{e:?}"),
     }

@@ -351,7 +351,7 @@ fn non_array_cc_or_bcc_is_406() {
             match &e {
                 PublishError::Refused { error, message } => {
                     assert_eq!(error.reply_code(), 406, "{name}={v:?}");
-                    assert_eq!(message, &m, "the message comes back untouched");
+                    assert_eq!(**message, m, "the message comes back untouched");
                 }
                 other => panic!("expected Refused, got {other:?}"),
             }

@@ -253,7 +253,7 @@ fn invalid_expiration_is_406() {
         match b.publish("", "q", m.clone()) {
             Err(PublishError::Refused { error, message }) => {
                 assert_eq!(error.reply_code(), 406, "{bad:?}");
-                assert_eq!(message, m);
+                assert_eq!(*message, m);
             }
             other => panic!("{bad:?}: {other:?}"),
         }
