@@ -181,7 +181,7 @@ impl Gone {
             // its last answer counted is visible below.
             std::sync::atomic::fence(Ordering::Acquire);
             let q = self.zombies.swap_remove(i);
-            let st = q.state.lock();
+            let st = q.lock();
             let (c, g) = (&st.counters, &mut self.counters);
             g.enqueued += c.enqueued;
             g.rejected += c.rejected;
@@ -192,8 +192,8 @@ impl Gone {
             g.dead_lettered += c.dead_lettered;
             // Copies still counted unacked can never be answered now (a
             // forgotten `Delivery`): they went with the queue.
-            g.deleted += c.deleted + q.unacked.load(Ordering::Relaxed);
-            self.acked += q.acked.load(Ordering::Relaxed);
+            g.deleted += c.deleted + q.unacked(&st);
+            self.acked += q.answers.acked.load(Ordering::Relaxed);
         }
     }
 
@@ -492,13 +492,13 @@ impl Broker {
                 name.clone(),
                 config,
                 inner.this.clone(),
-                now,
+                inner.clock.clone(),
             ));
             map.insert(name.clone(), q.clone());
             q
         };
         let mut after = AfterUnlock::default();
-        q.plan_timer(&mut q.state.lock(), &mut after);
+        q.plan_timer(&mut q.lock(), &mut after);
         inner.finish(after);
         Ok(QueueDeclareOk {
             queue: name.to_string(),
@@ -522,7 +522,7 @@ impl Broker {
         };
         inner.check_owner(&q, options.owner)?;
         {
-            let st = q.state.lock();
+            let st = q.lock();
             if options.if_unused && !st.consumers.is_empty() {
                 return Err(Error::PreconditionFailed(format!(
                     "queue '{name}' in vhost '{}' in use",
@@ -547,7 +547,7 @@ impl Broker {
     /// 404 for a missing queue.
     pub fn purge_queue(&self, name: &str) -> Result<u64> {
         let q = self.inner.queue(name)?;
-        let n = q.purge(&mut q.state.lock());
+        let n = q.purge(&mut q.lock());
         Ok(n)
     }
 
@@ -736,6 +736,7 @@ impl Broker {
         let shared = Arc::new(ConsumerShared::new(
             inner.next_id(),
             tag.clone(),
+            q.clone(),
             options.prefetch,
             options.no_ack,
             options.exclusive,
@@ -743,7 +744,7 @@ impl Broker {
         let now = inner.now();
         let mut after = AfterUnlock::default();
         {
-            let mut st = q.state.lock();
+            let mut st = q.lock();
             if st.deleted {
                 return Err(inner.no_queue(queue));
             }
@@ -779,7 +780,7 @@ impl Broker {
         inner.check_owner(&q, options.owner)?;
         let now = inner.now();
         let mut after = AfterUnlock::default();
-        let got = q.get(&mut q.state.lock(), now, options.no_ack, &mut after);
+        let got = q.get(&mut q.lock(), now, options.no_ack, &mut after);
         inner.finish(after);
         Ok(got.map(|(e, left)| {
             let tag = q.next_get_tag();
@@ -917,13 +918,13 @@ fn add_stats(t: &mut QueueStats, s: &QueueStats) {
 }
 
 fn queue_stats(q: &Queue) -> QueueStats {
-    let st = q.state.lock();
+    let st = q.lock();
     let mut s = QueueStats {
         name: q.name.to_string(),
         ready: st.ready.len() as u64,
-        unacked: q.unacked.load(Ordering::Relaxed),
+        unacked: q.unacked(&st),
         consumers: st.consumers.len() as u32,
-        acked: q.acked.load(Ordering::Relaxed),
+        acked: q.answers.acked.load(Ordering::Relaxed),
         ..QueueStats::default()
     };
     add_counters(&mut s, &st.counters);
@@ -932,7 +933,7 @@ fn queue_stats(q: &Queue) -> QueueStats {
 
 impl Queue {
     fn touch_and_report(&self, now: u64) -> QueueDeclareOk {
-        let mut st = self.state.lock();
+        let mut st = self.lock();
         st.last_used = now;
         QueueDeclareOk {
             queue: self.name.to_string(),
@@ -1093,7 +1094,7 @@ impl BrokerInner {
             }
         }
         self.remove_bindings_to(q.id);
-        let n = q.mark_deleted(&mut q.state.lock());
+        let n = q.mark_deleted(&mut q.lock());
         // Deliveries still out count on the dead queue when answered.
         let mut gone = self.gone.lock();
         gone.zombies.push(q.clone());
@@ -1173,7 +1174,7 @@ impl BrokerInner {
     fn run_queue_timer(&self, q: &Arc<Queue>) {
         let now = self.now();
         let mut after = AfterUnlock::default();
-        let lease_over = q.on_timer(&mut q.state.lock(), now, &mut after);
+        let lease_over = q.on_timer(&mut q.lock(), now, &mut after);
         self.finish(after);
         if lease_over {
             self.remove_queue(q);
@@ -1373,7 +1374,7 @@ impl BrokerInner {
                 .iter()
                 .filter(|q| q.config.overflow == Overflow::Block)
             {
-                let st = q.state.lock();
+                let st = q.lock();
                 if !st.deleted && !q.has_room(&st, bytes) {
                     return Err(PublishError::Full(Box::new(p.message())));
                 }
@@ -1382,11 +1383,11 @@ impl BrokerInner {
         let mut out = Published::default();
         for q in queues.iter() {
             loop {
-                let now = q.now_if_timed(self, p.ttl);
+                let now = q.now_if_timed(p.ttl);
                 let mut after = AfterUnlock::default();
                 let mut key = 0;
                 let r = {
-                    let mut st = q.state.lock();
+                    let mut st = q.lock();
                     let r = q.offer(
                         &mut st,
                         &p.content,
@@ -1403,7 +1404,7 @@ impl BrokerInner {
                 self.finish(after);
                 if r == Offer::Full {
                     std::thread::park_timeout(Duration::from_millis(100));
-                    q.state.lock().room.remove(key);
+                    q.lock().room.remove(key);
                     continue;
                 }
                 tally(&mut out, r);
@@ -1479,7 +1480,7 @@ impl BrokerInner {
             let now = self.now();
             let mut after = AfterUnlock::default();
             let r = q.offer(
-                &mut q.state.lock(),
+                &mut q.lock(),
                 &content,
                 q.deadline(now, None),
                 now,
@@ -1785,10 +1786,10 @@ impl Future for PublishAsync {
             }
         };
         while let Some(q) = this.queues.get(this.next) {
-            let now = q.now_if_timed(&this.broker, p.ttl);
+            let now = q.now_if_timed(p.ttl);
             let mut after = AfterUnlock::default();
             let r = {
-                let mut st = q.state.lock();
+                let mut st = q.lock();
                 let r = q.offer(
                     &mut st,
                     &p.content,
@@ -1822,7 +1823,7 @@ impl Drop for PublishAsync {
     fn drop(&mut self) {
         if self.key != 0 {
             if let Some(q) = self.queues.get(self.next) {
-                q.state.lock().room.remove(self.key);
+                q.lock().room.remove(self.key);
             }
         }
     }

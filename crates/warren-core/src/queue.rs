@@ -38,9 +38,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::broker::BrokerInner;
+use crate::clock::Clock;
 use crate::consumer::ConsumerShared;
 use crate::field::FieldTable;
 use crate::message::Content;
@@ -112,6 +113,9 @@ pub(crate) struct Counters {
     pub(crate) purged: u64,
     pub(crate) deleted: u64,
     pub(crate) dead_lettered: u64,
+    /// Copies handed to a consumer or an acking `get` (settled ones are
+    /// counted in [`Answers::answered`]).
+    pub(crate) delivered: u64,
 }
 
 #[derive(Debug, Default)]
@@ -152,14 +156,68 @@ pub(crate) struct Queue {
     pub(crate) name: Arc<str>,
     pub(crate) config: QueueConfig,
     pub(crate) broker: Weak<BrokerInner>,
-    pub(crate) state: Mutex<QueueState>,
-    /// Copies handed out and not yet answered.
-    pub(crate) unacked: AtomicU64,
+    clock: Clock,
+    /// Set by an answering thread that found the lock busy and left the
+    /// dispatch it owed to the lock's holder (see [`Queue::lock`]).
+    dispatch_pending: AtomicBool,
+    state: Mutex<QueueState>,
+    /// Answers counted on the consumers' side, on their own cache line so
+    /// acking threads and publishing threads do not share one.
+    pub(crate) answers: Answers,
     /// Set once the queue has, or ever had, a copy with a deadline: until
     /// then the hot path need not read the clock.
     timed: AtomicBool,
-    pub(crate) acked: AtomicU64,
     get_tags: AtomicU64,
+}
+
+/// Counters the answering side bumps without the queue lock.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct Answers {
+    /// Copies handed out (under the lock, counted in `Counters::delivered`)
+    /// that have since been answered or given back.
+    pub(crate) answered: AtomicU64,
+    /// Copies acknowledged (or received in no-ack mode).
+    pub(crate) acked: AtomicU64,
+}
+
+impl Answers {
+    /// `n` handed-out copies are settled (answered, given back or dropped).
+    pub(crate) fn settle(&self, n: u64) {
+        self.answered.fetch_add(n, Ordering::Release);
+    }
+}
+
+/// The queue lock's guard; see [`Queue::lock`].
+pub(crate) struct QueueGuard<'a> {
+    queue: &'a Queue,
+    guard: Option<MutexGuard<'a, QueueState>>,
+}
+
+impl std::ops::Deref for QueueGuard<'_> {
+    type Target = QueueState;
+    fn deref(&self) -> &QueueState {
+        self.guard
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("guard taken only in drop"))
+    }
+}
+
+impl std::ops::DerefMut for QueueGuard<'_> {
+    fn deref_mut(&mut self) -> &mut QueueState {
+        self.guard
+            .as_deref_mut()
+            .unwrap_or_else(|| unreachable!("guard taken only in drop"))
+    }
+}
+
+impl Drop for QueueGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        if self.queue.dispatch_pending.load(Ordering::SeqCst) {
+            self.queue.redispatch();
+        }
+    }
 }
 
 /// Work to finish after the queue lock is released.
@@ -170,27 +228,35 @@ pub(crate) struct AfterUnlock {
     pub(crate) schedule: Option<(u64, Arc<str>, u64)>,
 }
 
+impl AfterUnlock {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.dead_letters.is_empty() && self.schedule.is_none()
+    }
+}
+
 impl Queue {
     pub(crate) fn new(
         id: u64,
         name: Arc<str>,
         config: QueueConfig,
         broker: Weak<BrokerInner>,
-        now: u64,
+        clock: Clock,
     ) -> Queue {
+        let now = clock.now_ms();
         Queue {
             id,
             name,
             config,
             broker,
+            clock,
+            dispatch_pending: AtomicBool::new(false),
             state: Mutex::new(QueueState {
                 last_used: now,
                 scheduled: u64::MAX,
                 ..QueueState::default()
             }),
-            unacked: AtomicU64::new(0),
+            answers: Answers::default(),
             timed: AtomicBool::new(false),
-            acked: AtomicU64::new(0),
             get_tags: AtomicU64::new(0),
         }
     }
@@ -198,14 +264,66 @@ impl Queue {
     /// The broker clock's reading when this queue may hold copies with
     /// deadlines (or is about to get one with `message_ttl`); 0 otherwise, which
     /// expires nothing and saves the hot path a clock read.
-    pub(crate) fn now_if_timed(&self, broker: &BrokerInner, message_ttl: Option<u64>) -> u64 {
+    pub(crate) fn now_if_timed(&self, message_ttl: Option<u64>) -> u64 {
         if self.config.message_ttl.is_some()
             || message_ttl.is_some()
             || self.timed.load(Ordering::Relaxed)
         {
-            broker.now()
+            self.clock.now_ms()
         } else {
             0
+        }
+    }
+
+    /// The broker clock's reading.
+    pub(crate) fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Locks the queue. When the guard is released it also runs a dispatch
+    /// that an answering thread delegated to it (see [`Queue::redispatch`]).
+    pub(crate) fn lock(&self) -> QueueGuard<'_> {
+        QueueGuard {
+            queue: self,
+            guard: Some(self.state.lock()),
+        }
+    }
+
+    /// Restarts dispatch after credit came back, without ever waiting for
+    /// the queue lock: if another thread holds it (typically a publisher),
+    /// the dispatch is left to that thread, which runs it as it unlocks.
+    /// So a consumer acking at its prefetch limit never stalls behind a
+    /// publisher, and never makes one wait.
+    pub(crate) fn redispatch(&self) {
+        loop {
+            if let Some(g) = self.state.try_lock() {
+                self.dispatch_pending.store(false, Ordering::SeqCst);
+                let mut guard = QueueGuard {
+                    queue: self,
+                    guard: Some(g),
+                };
+                let now = self.now_if_timed(None);
+                let mut after = AfterUnlock::default();
+                self.dispatch(&mut guard, now, &mut after);
+                self.plan_timer(&mut guard, &mut after);
+                drop(guard); // runs any dispatch delegated meanwhile
+                self.finish(after);
+                return;
+            }
+            self.dispatch_pending.store(true, Ordering::SeqCst);
+            if self.state.is_locked() {
+                // The holder will see the flag when it unlocks.
+                return;
+            }
+        }
+    }
+
+    /// Hands work collected under the lock to the broker.
+    pub(crate) fn finish(&self, after: AfterUnlock) {
+        if !after.is_empty() {
+            if let Some(b) = self.broker.upgrade() {
+                b.finish(after);
+            }
         }
     }
 
@@ -454,7 +572,7 @@ impl Queue {
 
     /// Hands a copy to the consumer whose credit was taken.
     fn hand_to(&self, st: &mut QueueState, idx: usize, e: Entry) {
-        self.unacked.fetch_add(1, Ordering::Relaxed);
+        st.counters.delivered += 1;
         st.consumers[idx].push(e);
         st.rr = (idx + 1) % st.consumers.len();
     }
@@ -471,13 +589,22 @@ impl Queue {
         self.expire_head(st, now, after);
         let e = Self::pop_ready(st)?;
         if no_ack {
-            self.acked.fetch_add(1, Ordering::Relaxed);
+            self.answers.acked.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.unacked.fetch_add(1, Ordering::Relaxed);
+            st.counters.delivered += 1;
         }
         self.room_freed(st);
         self.plan_timer(st, after);
         Some((e, st.ready.len() as u64))
+    }
+
+    /// Copies handed out and not yet settled. Call with the queue locked:
+    /// every hand-out happens under the lock and precedes its answer, so the
+    /// difference cannot go negative.
+    pub(crate) fn unacked(&self, st: &QueueState) -> u64 {
+        st.counters
+            .delivered
+            .saturating_sub(self.answers.answered.load(Ordering::Acquire))
     }
 
     pub(crate) fn next_get_tag(&self) -> u64 {
@@ -505,7 +632,7 @@ impl Queue {
         for c in st.consumers.drain(..) {
             let dropped = c.cancel_by_server();
             st.counters.deleted += dropped;
-            self.unacked.fetch_sub(dropped, Ordering::Relaxed);
+            self.answers.settle(dropped);
         }
         st.room.notify_all();
         n
