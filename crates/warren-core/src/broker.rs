@@ -1263,7 +1263,7 @@ impl BrokerInner {
             queues,
             scratch,
         );
-        let content = Content::new(x.name.clone(), routing_key, message);
+        let content = Content::new(&x.name, routing_key, message);
         Ok(Prepared {
             exchange: x,
             content,
@@ -1429,7 +1429,7 @@ impl BrokerInner {
         let mut props = content.properties().clone();
         let original_expiration = props.expiration.take();
         let headers = props.headers.get_or_insert_with(FieldTable::new);
-        let mut keys: Vec<String> = vec![content.routing_key.to_string()];
+        let mut keys: Vec<String> = vec![content.routing_key().to_owned()];
         if let Some(AMQPValue::FieldArray(cc)) = headers.get("CC") {
             keys.extend(cc.iter().filter_map(|v| v.as_str().map(str::to_owned)));
         }
@@ -1437,7 +1437,7 @@ impl BrokerInner {
             headers,
             &queue,
             reason.as_str(),
-            &content.exchange,
+            content.exchange(),
             &keys,
             original_expiration,
         );
@@ -1466,9 +1466,9 @@ impl BrokerInner {
                 .unwrap_or(&[]);
             queues.retain(|q| !is_cycle(&q.name, deaths));
         }
-        let rk = routing_key.as_deref().unwrap_or(&content.routing_key);
+        let rk = routing_key.as_deref().unwrap_or(content.routing_key());
         let content = Content::new(
-            x.name.clone(),
+            &x.name,
             rk,
             &mut Message {
                 properties: props,

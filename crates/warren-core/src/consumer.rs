@@ -446,10 +446,7 @@ impl Consumer {
             }
         }
         Delivery {
-            redelivered: entry.redelivered,
-            content: entry.content,
-            seq: entry.seq,
-            expires_at: entry.expires_at,
+            entry,
             delivery_tag: tag,
             origin: Origin::Consumer(self.shared.clone()),
             message_count: None,
@@ -535,11 +532,8 @@ impl futures_core::Stream for Consumer {
 /// (marked redelivered). Deliveries of no-ack consumers and no-ack `get`s need
 /// no answer; answering them does nothing.
 pub struct Delivery {
-    content: Arc<Content>,
-    seq: u64,
-    expires_at: u64,
+    entry: Entry,
     delivery_tag: u64,
-    redelivered: bool,
     origin: Origin,
     message_count: Option<u64>,
     pending: bool,
@@ -557,7 +551,7 @@ impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
             .field("delivery_tag", &self.delivery_tag)
-            .field("redelivered", &self.redelivered)
+            .field("redelivered", &self.redelivered())
             .field("exchange", &self.exchange())
             .field("routing_key", &self.routing_key())
             .field("body_len", &self.body().len())
@@ -581,10 +575,7 @@ impl Delivery {
         no_ack: bool,
     ) -> Delivery {
         Delivery {
-            redelivered: entry.redelivered,
-            content: entry.content,
-            seq: entry.seq,
-            expires_at: entry.expires_at,
+            entry,
             delivery_tag: tag,
             origin: Origin::Get(queue),
             message_count: Some(remaining),
@@ -593,7 +584,7 @@ impl Delivery {
     }
 
     fn content(&self) -> &Content {
-        &self.content
+        &self.entry.content
     }
 
     /// The delivery tag: increasing per consumer (for `get`, per queue).
@@ -603,17 +594,17 @@ impl Delivery {
 
     /// Whether this message was delivered before and requeued.
     pub fn redelivered(&self) -> bool {
-        self.redelivered
+        self.entry.redelivered()
     }
 
     /// The exchange the message was published to (`""` for the default one).
     pub fn exchange(&self) -> &str {
-        &self.content().exchange
+        self.content().exchange()
     }
 
     /// The routing key it was published with.
     pub fn routing_key(&self) -> &str {
-        &self.content().routing_key
+        self.content().routing_key()
     }
 
     /// Its properties.
@@ -682,12 +673,6 @@ impl Delivery {
             return;
         }
         self.pending = false;
-        let entry = Entry {
-            content: self.content.clone(),
-            seq: self.seq,
-            expires_at: self.expires_at,
-            redelivered: true,
-        };
         let credit_freed = match &self.origin {
             Origin::Consumer(c) => c.release_credit(),
             Origin::Get(_) => false,
@@ -704,6 +689,14 @@ impl Delivery {
                 }
             }
             Answer::Requeue | Answer::Discard => {
+                // The copy goes back (or on to its dead-letter exchange); the
+                // delivery keeps a handle on the content for its accessors.
+                let entry = Entry::new(
+                    self.entry.content.clone(),
+                    self.entry.seq(),
+                    self.entry.expires_at,
+                    true,
+                );
                 let now = q.now_if_timed(None);
                 let mut after = AfterUnlock::default();
                 {

@@ -116,21 +116,6 @@ impl AMQPValue {
             _ => None,
         }
     }
-
-    /// An approximate count of heap bytes this value owns (for memory
-    /// accounting; not exact).
-    pub(crate) fn heap_size(&self) -> usize {
-        match self {
-            AMQPValue::ShortString(s) => s.len(),
-            AMQPValue::LongString(b) | AMQPValue::ByteArray(b) => b.len(),
-            AMQPValue::FieldArray(a) => a
-                .iter()
-                .map(|v| std::mem::size_of::<AMQPValue>() + v.heap_size())
-                .sum(),
-            AMQPValue::FieldTable(t) => t.heap_size(),
-            _ => 0,
-        }
-    }
 }
 
 impl From<bool> for AMQPValue {
@@ -260,13 +245,6 @@ impl FieldTable {
     /// declare and binding arguments).
     pub fn same_entries(&self, other: &FieldTable) -> bool {
         self.len() == other.len() && self.iter().all(|(k, v)| other.get(k) == Some(v))
-    }
-
-    pub(crate) fn heap_size(&self) -> usize {
-        self.entries
-            .iter()
-            .map(|(k, v)| std::mem::size_of::<(String, AMQPValue)>() + k.len() + v.heap_size())
-            .sum()
     }
 }
 

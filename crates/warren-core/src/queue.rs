@@ -64,14 +64,44 @@ pub(crate) struct QueueConfig {
     pub(crate) dead_letter_routing_key: Option<String>,
 }
 
-/// One message copy in a queue.
+/// One message copy in a queue: 24 bytes (the `redelivered` flag lives in
+/// the sequence number's top bit).
 #[derive(Debug)]
 pub(crate) struct Entry {
     pub(crate) content: Arc<Content>,
-    pub(crate) seq: u64,
+    seq_flags: u64,
     /// Milliseconds on the broker clock; `u64::MAX` = never.
     pub(crate) expires_at: u64,
-    pub(crate) redelivered: bool,
+}
+
+const REDELIVERED: u64 = 1 << 63;
+
+impl Entry {
+    pub(crate) fn new(
+        content: Arc<Content>,
+        seq: u64,
+        expires_at: u64,
+        redelivered: bool,
+    ) -> Entry {
+        Entry {
+            content,
+            seq_flags: (seq & !REDELIVERED) | if redelivered { REDELIVERED } else { 0 },
+            expires_at,
+        }
+    }
+
+    /// Position in the queue's publish order.
+    pub(crate) fn seq(&self) -> u64 {
+        self.seq_flags & !REDELIVERED
+    }
+
+    pub(crate) fn redelivered(&self) -> bool {
+        self.seq_flags & REDELIVERED != 0
+    }
+
+    pub(crate) fn mark_redelivered(&mut self) {
+        self.seq_flags |= REDELIVERED;
+    }
 }
 
 /// Why a copy left a queue for its dead-letter exchange.
@@ -388,12 +418,7 @@ impl Queue {
         if expires_at != u64::MAX && !self.timed.load(Ordering::Relaxed) {
             self.timed.store(true, Ordering::Relaxed);
         }
-        let entry = Entry {
-            content: content.clone(),
-            seq,
-            expires_at,
-            redelivered: false,
-        };
+        let entry = Entry::new(content.clone(), seq, expires_at, false);
         // A consumer waiting on an empty queue gets the message before its
         // TTL is looked at: a TTL of 0 means "now or never" (RabbitMQ).
         if st.ready.is_empty() {
@@ -422,7 +447,7 @@ impl Queue {
         now: u64,
         after: &mut AfterUnlock,
     ) {
-        entry.redelivered = true;
+        entry.mark_redelivered();
         self.restore(st, [entry], now, after);
     }
 
@@ -457,7 +482,7 @@ impl Queue {
 
     fn insert_sorted(&self, st: &mut QueueState, entry: Entry) {
         st.ready_bytes += entry.content.body_len() as u64;
-        let at = st.ready.partition_point(|e| e.seq < entry.seq);
+        let at = st.ready.partition_point(|e| e.seq() < entry.seq());
         st.ready.insert(at, entry);
     }
 
