@@ -1,0 +1,835 @@
+//! The `inproc://` transport (see [`InprocTransport`]).
+
+use std::collections::{HashMap, HashSet};
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::Poll;
+
+use parking_lot::{Mutex, RwLock};
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use warren_core::{
+    BasicProperties, Broker, ConsumeOptions, Consumer, Delivery, Error as CoreError,
+    ExchangeDeclareOptions, ExchangeKind, FieldTable, Message, PublishError, QueueDeclareOptions,
+    QueueDeleteOptions, Recv,
+};
+
+use crate::context::Context;
+use crate::error::TransportError;
+use crate::notify::Priority;
+use crate::target::Target;
+use crate::transport::{
+    Acknowledger, BoxFuture, IncomingCall, IncomingNotification, ListenOptions, Listener, Reply,
+    Responder, SendOptions, Transport, TransportStats,
+};
+use crate::util::{log_debug, log_warn, random_hex, BuildCounterHasher, IdGen};
+use crate::wire::{
+    encode_reply, encode_request, read_reply, RequestFields, RpcMessage, WireNotification,
+    WireRequest,
+};
+
+const DEFAULT_EXCHANGE: &str = "openstack";
+
+/// The process-wide registry behind `inproc://name` URLs: weak, so a named
+/// broker lives while some transport of that name does.
+fn registry() -> &'static Mutex<HashMap<String, Weak<NamedBroker>>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<String, Weak<NamedBroker>>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+#[derive(Debug)]
+struct NamedBroker {
+    broker: Broker,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    requests_sent: AtomicU64,
+    replies_received: AtomicU64,
+    late_replies: AtomicU64,
+    malformed: AtomicU64,
+    undeliverable_replies: AtomicU64,
+    notifications_sent: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>, BuildCounterHasher>>;
+
+#[derive(Debug)]
+struct ReplyState {
+    queue: Arc<str>,
+    pending: Arc<Pending>,
+    task: JoinHandle<()>,
+}
+
+/// The `inproc://` transport: RPC and notifications over a warren-core
+/// [`Broker`] in this process.
+///
+/// Build it around a broker handle ([`new`](Self::new)) or by name from the
+/// process-wide registry ([`named`](Self::named), or
+/// [`transport_from_url`](crate::transport_from_url) with `inproc://name`),
+/// so that tests and services in one process share a broker without passing
+/// it around. Each transport has its own reply queue.
+///
+/// The layout is oslo's rabbit driver's, on the in-process broker:
+///
+/// | what | exchange (kind) | queue | routing key |
+/// |------|-----------------|-------|-------------|
+/// | call / cast to any server | `Target.exchange`, default `openstack` (topic) | `topic` (shared: a work queue) | `topic` |
+/// | call / cast to one server | the same | `topic.server` | `topic.server` |
+/// | fanout cast | `topic_fanout` (fanout) | `topic_fanout_<unique>`, one per server | — |
+/// | reply | `""` (default) | `reply_<uuid>`, one per transport | the queue's name |
+/// | notification | control exchange (topic) | `topic.priority`, or the pool's name | `topic.priority` |
+///
+/// Replies come back on one reply queue per transport, read by one task that
+/// matches each reply to its waiting call by `_msg_id` in a map of pending
+/// calls: a reply for a call that gave up finds no entry and is dropped.
+///
+/// Needs a Tokio runtime for calls (a task reads the replies).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use warren_core::Broker;
+/// use warren_rpc::{InprocTransport, Transport};
+///
+/// let broker = Broker::new();
+/// let transport: Arc<dyn Transport> = Arc::new(InprocTransport::new(broker.clone()));
+/// assert_eq!(transport.default_exchange(), "openstack");
+/// ```
+#[derive(Debug)]
+pub struct InprocTransport {
+    broker: Broker,
+    url: String,
+    default_exchange: String,
+    _named: Option<Arc<NamedBroker>>,
+    ids: Arc<IdGen>,
+    stats: Arc<Stats>,
+    declared: RwLock<HashSet<String>>,
+    replies: Mutex<Option<ReplyState>>,
+}
+
+impl InprocTransport {
+    /// A transport over this broker handle.
+    pub fn new(broker: Broker) -> InprocTransport {
+        InprocTransport::build(broker, "inproc://".to_owned(), None)
+    }
+
+    /// A transport over the process-wide broker called `name`, created on
+    /// first use. The broker lives while some transport of that name does;
+    /// after the last one is dropped, the name starts afresh.
+    pub fn named(name: &str) -> InprocTransport {
+        let entry = {
+            let mut reg = registry().lock();
+            match reg.get(name).and_then(Weak::upgrade) {
+                Some(e) => e,
+                None => {
+                    reg.retain(|_, w| w.strong_count() > 0);
+                    let e = Arc::new(NamedBroker {
+                        broker: Broker::new(),
+                    });
+                    reg.insert(name.to_owned(), Arc::downgrade(&e));
+                    e
+                }
+            }
+        };
+        InprocTransport::build(
+            entry.broker.clone(),
+            format!("inproc://{name}"),
+            Some(entry),
+        )
+    }
+
+    /// A transport from an `inproc://name` URL (see [`named`](Self::named)).
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::UnsupportedScheme`] for another scheme,
+    /// [`TransportError::InvalidUrl`] for a URL without `://`.
+    pub fn from_url(url: &str) -> Result<InprocTransport, TransportError> {
+        match url.split_once("://") {
+            Some(("inproc", name)) => Ok(InprocTransport::named(name)),
+            Some((scheme, _)) => Err(TransportError::UnsupportedScheme(scheme.to_owned())),
+            None => Err(TransportError::InvalidUrl(url.to_owned())),
+        }
+    }
+
+    fn build(broker: Broker, url: String, named: Option<Arc<NamedBroker>>) -> InprocTransport {
+        InprocTransport {
+            broker,
+            url,
+            default_exchange: DEFAULT_EXCHANGE.to_owned(),
+            _named: named,
+            ids: Arc::new(IdGen::new()),
+            stats: Arc::new(Stats::default()),
+            declared: RwLock::new(HashSet::new()),
+            replies: Mutex::new(None),
+        }
+    }
+
+    /// Sets the control exchange used when a target names none (oslo's
+    /// `control_exchange`, default `openstack`).
+    pub fn with_default_exchange(mut self, exchange: impl Into<String>) -> InprocTransport {
+        self.default_exchange = exchange.into();
+        self
+    }
+
+    /// The broker: to look at queues and messages in tests.
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// The name of this transport's reply queue, once a call made it.
+    pub fn reply_queue(&self) -> Option<String> {
+        self.replies.lock().as_ref().map(|r| r.queue.to_string())
+    }
+
+    fn exchange_for<'a>(&'a self, target: &'a Target) -> &'a str {
+        target.exchange.as_deref().unwrap_or(&self.default_exchange)
+    }
+
+    /// Declares an exchange once per transport.
+    fn ensure_exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), TransportError> {
+        if self.declared.read().contains(name) {
+            return Ok(());
+        }
+        self.broker
+            .declare_exchange(name, kind, ExchangeDeclareOptions::default())?;
+        self.declared.write().insert(name.to_owned());
+        Ok(())
+    }
+
+    fn forget_exchange(&self, name: &str) {
+        self.declared.write().remove(name);
+    }
+
+    /// Declares a queue and binds it (idempotent).
+    fn ensure_queue(&self, queue: &str, exchange: &str, key: &str) -> Result<(), TransportError> {
+        self.broker
+            .declare_queue(queue, QueueDeclareOptions::default())?;
+        self.broker
+            .bind_queue(queue, exchange, key, &FieldTable::default())?;
+        Ok(())
+    }
+
+    /// Publishes; re-declares the exchange once if it went away.
+    fn publish(
+        &self,
+        exchange: &str,
+        kind: ExchangeKind,
+        routing_key: &str,
+        message: Message,
+        mandatory: bool,
+    ) -> Result<(), TransportError> {
+        let published = match self.broker.publish(exchange, routing_key, message) {
+            Err(e @ PublishError::Refused { .. })
+                if matches!(e.error(), Some(CoreError::NotFound(_))) =>
+            {
+                self.forget_exchange(exchange);
+                self.ensure_exchange(exchange, kind)?;
+                self.broker.publish(exchange, routing_key, e.into_message())
+            }
+            other => other,
+        };
+        let published = published.map_err(|e| match e {
+            PublishError::Refused { error, .. } => TransportError::Broker(error),
+            PublishError::Full(_) => TransportError::Rejected {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            },
+        })?;
+        if mandatory && published.is_unroutable() {
+            return Err(TransportError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            });
+        }
+        if mandatory && published.is_rejected() {
+            return Err(TransportError::Rejected {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The reply queue and its reader, made on first use (and again if the
+    /// reader's runtime went away).
+    fn replies(&self) -> Result<(Arc<str>, Arc<Pending>), TransportError> {
+        let mut guard = self.replies.lock();
+        if let Some(r) = guard.as_ref() {
+            if !r.task.is_finished() {
+                return Ok((r.queue.clone(), r.pending.clone()));
+            }
+        }
+        let handle =
+            tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
+        let queue: Arc<str> = match guard.take() {
+            Some(old) => old.queue,
+            None => Arc::from(format!("reply_{}", random_hex())),
+        };
+        self.broker
+            .declare_queue(&queue, QueueDeclareOptions::default())?;
+        let consumer = self.broker.consume(
+            &queue,
+            ConsumeOptions {
+                no_ack: true,
+                ..ConsumeOptions::default()
+            },
+        )?;
+        let pending: Arc<Pending> = Arc::new(Mutex::new(HashMap::default()));
+        let task = handle.spawn(read_replies(
+            consumer,
+            pending.clone(),
+            self.ids.clone(),
+            self.stats.clone(),
+        ));
+        *guard = Some(ReplyState {
+            queue: queue.clone(),
+            pending: pending.clone(),
+            task,
+        });
+        Ok((queue, pending))
+    }
+}
+
+impl Drop for InprocTransport {
+    fn drop(&mut self) {
+        if let Some(r) = self.replies.get_mut().take() {
+            r.task.abort();
+            let _ = self
+                .broker
+                .delete_queue(&r.queue, QueueDeleteOptions::default());
+        }
+    }
+}
+
+/// Reads the reply queue: each reply completes the call waiting for its
+/// `_msg_id`, or is dropped.
+async fn read_replies(
+    consumer: Consumer,
+    pending: Arc<Pending>,
+    ids: Arc<IdGen>,
+    stats: Arc<Stats>,
+) {
+    while let Ok(delivery) = consumer.recv_async().await {
+        let read = read_reply(
+            delivery.body(),
+            |msg_id, _unique_id, result, failure, ending| {
+                let outcome = match (failure, result) {
+                    (Some(f), _) => Reply::Failure(Box::new(f)),
+                    (None, Some(r)) => Reply::Result(r),
+                    (None, None) if ending => Reply::Result(RawValue::NULL.to_owned()),
+                    // A call-monitor heartbeat: nothing to hand over.
+                    (None, None) => return None,
+                };
+                Some((msg_id.and_then(|m| ids.parse(m)), outcome))
+            },
+        );
+        let (key, outcome) = match read {
+            Ok(Some(r)) => r,
+            Ok(None) => continue,
+            Err(e) => {
+                bump(&stats.malformed);
+                log_warn!("dropping a malformed reply: {}", e);
+                continue;
+            }
+        };
+        let waiter = key.and_then(|key| pending.lock().remove(&key));
+        match waiter.map(|tx| tx.send(outcome)) {
+            Some(Ok(())) => bump(&stats.replies_received),
+            _ => {
+                bump(&stats.late_replies);
+                log_debug!("dropping a reply nobody waits for: {:?}", key);
+            }
+        }
+    }
+}
+
+/// Removes a pending call's entry unless the reply reader already did.
+struct PendingGuard<'a> {
+    pending: &'a Pending,
+    key: u64,
+    armed: bool,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.pending.lock().remove(&self.key);
+        }
+    }
+}
+
+impl Transport for InprocTransport {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn default_exchange(&self) -> &str {
+        &self.default_exchange
+    }
+
+    fn send<'a>(
+        &'a self,
+        target: &'a Target,
+        ctx: &'a Context,
+        message: RpcMessage,
+        options: SendOptions,
+    ) -> BoxFuture<'a, Result<Option<Reply>, TransportError>> {
+        Box::pin(async move {
+            let fanout_name;
+            let server_key;
+            let (exchange, kind, routing_key) = if target.fanout {
+                fanout_name = format!("{}_fanout", target.topic);
+                (fanout_name.as_str(), ExchangeKind::Fanout, "")
+            } else {
+                let key = match &target.server {
+                    Some(s) => {
+                        let mut k = String::with_capacity(target.topic.len() + 1 + s.len());
+                        k.push_str(&target.topic);
+                        k.push('.');
+                        k.push_str(s);
+                        server_key = k;
+                        server_key.as_str()
+                    }
+                    None => target.topic.as_str(),
+                };
+                (self.exchange_for(target), ExchangeKind::Topic, key)
+            };
+            self.ensure_exchange(exchange, kind)?;
+            let (_, unique_id) = self.ids.next();
+            bump(&self.stats.requests_sent);
+            let monitor = options.call_monitor_timeout.map(|d| d.as_secs_f64());
+            if !options.wait_for_reply {
+                let body = encode_request(
+                    &message,
+                    ctx,
+                    &RequestFields {
+                        msg_id: None,
+                        reply_q: None,
+                        unique_id: Some(unique_id.as_str()),
+                        timeout: None,
+                        call: false,
+                    },
+                )
+                .map_err(|e| TransportError::Encode(e.to_string()))?;
+                self.publish(
+                    exchange,
+                    kind,
+                    routing_key,
+                    Message::new(body),
+                    options.mandatory,
+                )?;
+                return Ok(None);
+            }
+            let (reply_q, pending) = self.replies()?;
+            let (key, msg_id) = self.ids.next();
+            let (tx, rx) = oneshot::channel();
+            pending.lock().insert(key, tx);
+            let mut guard = PendingGuard {
+                pending: &pending,
+                key,
+                armed: true,
+            };
+            let body = encode_request(
+                &message,
+                ctx,
+                &RequestFields {
+                    msg_id: Some(msg_id.as_str()),
+                    reply_q: Some(&reply_q),
+                    unique_id: Some(unique_id.as_str()),
+                    timeout: monitor,
+                    call: true,
+                },
+            )
+            .map_err(|e| TransportError::Encode(e.to_string()))?;
+            let mut msg = Message::new(body);
+            if let Some(t) = options.timeout {
+                // As oslo: a call's request lives no longer than its timeout.
+                let ms = t.as_millis().max(1);
+                msg.properties = BasicProperties::default().with_expiration(ms.to_string());
+            }
+            self.publish(exchange, kind, routing_key, msg, options.mandatory)?;
+            let reply = rx.await.map_err(|_| TransportError::Closed)?;
+            guard.armed = false;
+            Ok(Some(reply))
+        })
+    }
+
+    fn send_notification<'a>(
+        &'a self,
+        exchange: Option<&'a str>,
+        topic: &'a str,
+        priority: Priority,
+        message: WireNotification,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
+        Box::pin(async move {
+            let exchange = exchange.unwrap_or(&self.default_exchange);
+            let key = format!("{topic}.{}", priority.as_str());
+            self.ensure_exchange(exchange, ExchangeKind::Topic)?;
+            // As oslo's notify_send: declare the default queue named like the
+            // routing key, so notifications wait for a listener to come.
+            let marker = format!("queue\0{exchange}\0{key}");
+            if !self.declared.read().contains(&marker) {
+                self.ensure_queue(&key, exchange, &key)?;
+                self.declared.write().insert(marker);
+            }
+            let body = message
+                .encode()
+                .map_err(|e| TransportError::Encode(e.to_string()))?;
+            bump(&self.stats.notifications_sent);
+            match self.publish(
+                exchange,
+                ExchangeKind::Topic,
+                &key,
+                Message::new(body.clone()),
+                true,
+            ) {
+                Err(TransportError::Unroutable { .. }) => {
+                    // Someone deleted the default queue: declare it again.
+                    self.ensure_queue(&key, exchange, &key)?;
+                    self.publish(
+                        exchange,
+                        ExchangeKind::Topic,
+                        &key,
+                        Message::new(body),
+                        false,
+                    )
+                }
+                other => other,
+            }
+        })
+    }
+
+    fn listen<'a>(
+        &'a self,
+        target: &'a Target,
+        options: ListenOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn Listener<IncomingCall>>, TransportError>> {
+        Box::pin(async move {
+            let exchange = self.exchange_for(target);
+            let topic = target.topic.as_str();
+            self.ensure_exchange(exchange, ExchangeKind::Topic)?;
+            let mut queues = vec![topic.to_owned()];
+            self.ensure_queue(topic, exchange, topic)?;
+            if let Some(server) = &target.server {
+                let q = format!("{topic}.{server}");
+                self.ensure_queue(&q, exchange, &q)?;
+                queues.push(q);
+            }
+            let fanout_x = format!("{topic}_fanout");
+            self.ensure_exchange(&fanout_x, ExchangeKind::Fanout)?;
+            let fanout_q = format!("{topic}_fanout_{}", random_hex());
+            self.ensure_queue(&fanout_q, &fanout_x, topic)?;
+            queues.push(fanout_q.clone());
+            let mut consumers = Vec::with_capacity(queues.len());
+            for q in &queues {
+                let c = self.broker.consume(
+                    q,
+                    ConsumeOptions {
+                        no_ack: true,
+                        prefetch: options.prefetch,
+                        ..ConsumeOptions::default()
+                    },
+                );
+                match c {
+                    Ok(c) => consumers.push(c),
+                    Err(e) => {
+                        drop(consumers);
+                        let _ = self
+                            .broker
+                            .delete_queue(&fanout_q, QueueDeleteOptions::default());
+                        return Err(e.into());
+                    }
+                }
+            }
+            Ok(Box::new(RpcListener {
+                consumers,
+                next: 0,
+                broker: self.broker.clone(),
+                fanout_queue: fanout_q,
+                ids: self.ids.clone(),
+                stats: self.stats.clone(),
+            }) as Box<dyn Listener<IncomingCall>>)
+        })
+    }
+
+    fn listen_for_notifications<'a>(
+        &'a self,
+        targets_and_priorities: &'a [(Target, Priority)],
+        pool: Option<&'a str>,
+        options: ListenOptions,
+    ) -> BoxFuture<'a, Result<Box<dyn Listener<IncomingNotification>>, TransportError>> {
+        Box::pin(async move {
+            let mut queues: Vec<String> = Vec::new();
+            for (target, priority) in targets_and_priorities {
+                let exchange = self.exchange_for(target);
+                self.ensure_exchange(exchange, ExchangeKind::Topic)?;
+                let key = format!("{}.{}", target.topic, priority.as_str());
+                let queue = pool.map_or_else(|| key.clone(), str::to_owned);
+                self.ensure_queue(&queue, exchange, &key)?;
+                if !queues.contains(&queue) {
+                    queues.push(queue);
+                }
+            }
+            let mut consumers = Vec::with_capacity(queues.len());
+            for q in &queues {
+                consumers.push(self.broker.consume(
+                    q,
+                    ConsumeOptions {
+                        prefetch: options.prefetch,
+                        ..ConsumeOptions::default()
+                    },
+                )?);
+            }
+            Ok(Box::new(NotificationListener {
+                consumers,
+                next: 0,
+                stats: self.stats.clone(),
+            }) as Box<dyn Listener<IncomingNotification>>)
+        })
+    }
+
+    fn stats(&self) -> TransportStats {
+        let s = &self.stats;
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        TransportStats {
+            requests_sent: g(&s.requests_sent),
+            replies_received: g(&s.replies_received),
+            late_replies: g(&s.late_replies),
+            malformed: g(&s.malformed),
+            undeliverable_replies: g(&s.undeliverable_replies),
+            notifications_sent: g(&s.notifications_sent),
+        }
+    }
+}
+
+/// Waits for a delivery on any of the consumers, starting the scan at a
+/// rotating position so that no queue starves the others.
+async fn recv_any(consumers: &[Consumer], next: &mut usize) -> Result<Delivery, TransportError> {
+    match consumers {
+        [] => Err(TransportError::Closed),
+        [one] => one.recv_async().await.map_err(|_| TransportError::Closed),
+        [a, b] => recv_among([a.recv_async(), b.recv_async()], next).await,
+        [a, b, c] => recv_among([a.recv_async(), b.recv_async(), c.recv_async()], next).await,
+        _ => {
+            recv_among(
+                consumers
+                    .iter()
+                    .map(Consumer::recv_async)
+                    .collect::<Vec<_>>(),
+                next,
+            )
+            .await
+        }
+    }
+}
+
+async fn recv_among<'a, F>(mut futures: F, next: &mut usize) -> Result<Delivery, TransportError>
+where
+    F: AsMut<[Recv<'a>]>,
+{
+    let n = futures.as_mut().len();
+    let start = *next % n;
+    *next = next.wrapping_add(1);
+    poll_fn(|cx| {
+        let futures = futures.as_mut();
+        let mut closed = 0;
+        for i in 0..n {
+            match Pin::new(&mut futures[(start + i) % n]).poll(cx) {
+                Poll::Ready(Ok(d)) => return Poll::Ready(Ok(d)),
+                Poll::Ready(Err(_)) => closed += 1,
+                Poll::Pending => {}
+            }
+        }
+        if closed == n {
+            Poll::Ready(Err(TransportError::Closed))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+use std::future::Future as _;
+
+/// A server's listener: queues `topic`, `topic.server` and its fanout queue.
+#[derive(Debug)]
+struct RpcListener {
+    consumers: Vec<Consumer>,
+    next: usize,
+    broker: Broker,
+    fanout_queue: String,
+    ids: Arc<IdGen>,
+    stats: Arc<Stats>,
+}
+
+impl Listener<IncomingCall> for RpcListener {
+    fn recv(&mut self) -> BoxFuture<'_, Result<IncomingCall, TransportError>> {
+        Box::pin(async move {
+            loop {
+                let delivery = recv_any(&self.consumers, &mut self.next).await?;
+                let request = match WireRequest::decode_with(delivery.body(), false) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        bump(&self.stats.malformed);
+                        log_warn!(
+                            "dropping a malformed request on {}: {}",
+                            delivery.queue(),
+                            e
+                        );
+                        continue;
+                    }
+                };
+                let responder = match (request.msg_id, request.reply_q) {
+                    (Some(msg_id), Some(reply_q)) => Some(Box::new(InprocResponder {
+                        broker: self.broker.clone(),
+                        reply_q,
+                        msg_id,
+                        ids: self.ids.clone(),
+                        stats: self.stats.clone(),
+                    })
+                        as Box<dyn Responder>),
+                    _ => None,
+                };
+                return Ok(IncomingCall {
+                    ctx: request.ctx,
+                    message: request.message,
+                    responder,
+                });
+            }
+        })
+    }
+}
+
+impl Drop for RpcListener {
+    fn drop(&mut self) {
+        // Cancel first, so undelivered messages of the shared queues go back
+        // to them for other servers; then the fanout queue goes.
+        self.consumers.clear();
+        let _ = self
+            .broker
+            .delete_queue(&self.fanout_queue, QueueDeleteOptions::default());
+    }
+}
+
+#[derive(Debug)]
+struct InprocResponder {
+    broker: Broker,
+    reply_q: String,
+    msg_id: String,
+    ids: Arc<IdGen>,
+    stats: Arc<Stats>,
+}
+
+impl Responder for InprocResponder {
+    fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
+        let (_, unique_id) = self.ids.next();
+        let body = match &reply {
+            Reply::Result(r) => encode_reply(Some(r), None, true, &self.msg_id, unique_id.as_str()),
+            Reply::Failure(f) => {
+                encode_reply(None, Some(f), true, &self.msg_id, unique_id.as_str())
+            }
+        };
+        let result = match body {
+            Err(e) => Err(TransportError::Encode(e.to_string())),
+            Ok(body) => match self.broker.publish("", &self.reply_q, Message::new(body)) {
+                Ok(p) if p.is_unroutable() => {
+                    bump(&self.stats.undeliverable_replies);
+                    log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
+                    Ok(())
+                }
+                Ok(_) => Ok(()),
+                Err(e) => Err(TransportError::Broker(e.error().cloned().unwrap_or_else(
+                    || CoreError::PreconditionFailed("queue full".into()),
+                ))),
+            },
+        };
+        Box::pin(std::future::ready(result))
+    }
+}
+
+/// A notification listener: one consumer per queue.
+#[derive(Debug)]
+struct NotificationListener {
+    consumers: Vec<Consumer>,
+    next: usize,
+    stats: Arc<Stats>,
+}
+
+impl Listener<IncomingNotification> for NotificationListener {
+    fn recv(&mut self) -> BoxFuture<'_, Result<IncomingNotification, TransportError>> {
+        Box::pin(async move {
+            loop {
+                let delivery = recv_any(&self.consumers, &mut self.next).await?;
+                match WireNotification::decode(delivery.body()) {
+                    Ok(message) => {
+                        return Ok(IncomingNotification {
+                            message,
+                            acknowledger: Box::new(InprocAck(delivery)),
+                        })
+                    }
+                    Err(e) => {
+                        bump(&self.stats.malformed);
+                        log_warn!("dropping a malformed notification: {}", e);
+                        delivery.ack();
+                    }
+                }
+            }
+        })
+    }
+}
+
+#[derive(Debug)]
+struct InprocAck(Delivery);
+
+impl Acknowledger for InprocAck {
+    fn settle(self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), TransportError>> {
+        if requeue {
+            self.0.nack(true);
+        } else {
+            self.0.ack();
+        }
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registry_shares_and_forgets() {
+        let a = InprocTransport::named("unit-registry");
+        let b = InprocTransport::named("unit-registry");
+        a.broker()
+            .declare_queue("probe", QueueDeclareOptions::default())
+            .unwrap();
+        assert!(b.broker().has_queue("probe"));
+        drop((a, b));
+        let c = InprocTransport::named("unit-registry");
+        assert!(!c.broker().has_queue("probe"));
+        assert_eq!(c.url(), "inproc://unit-registry");
+    }
+
+    #[test]
+    fn urls() {
+        assert!(InprocTransport::from_url("inproc://x").is_ok());
+        assert!(matches!(
+            InprocTransport::from_url("amqp://x"),
+            Err(TransportError::UnsupportedScheme(_))
+        ));
+        assert!(matches!(
+            InprocTransport::from_url("nope"),
+            Err(TransportError::InvalidUrl(_))
+        ));
+    }
+}

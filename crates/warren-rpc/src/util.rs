@@ -1,0 +1,261 @@
+//! Small helpers: message ids, timestamps, log macros, panic capture.
+
+use std::any::Any;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Logs at error level with the `tracing` feature; compiles to nothing
+/// (but still type-checks its arguments) without it.
+macro_rules! log_error {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        { tracing::error!($($arg)*); }
+        #[cfg(not(feature = "tracing"))]
+        { if false { let _ = format_args!($($arg)*); } }
+    }};
+}
+
+/// Logs at debug level with the `tracing` feature.
+macro_rules! log_debug {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        { tracing::debug!($($arg)*); }
+        #[cfg(not(feature = "tracing"))]
+        { if false { let _ = format_args!($($arg)*); } }
+    }};
+}
+
+/// Logs at warn level with the `tracing` feature.
+macro_rules! log_warn {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        { tracing::warn!($($arg)*); }
+        #[cfg(not(feature = "tracing"))]
+        { if false { let _ = format_args!($($arg)*); } }
+    }};
+}
+
+pub(crate) use {log_debug, log_error, log_warn};
+
+/// Message ids: 32 lowercase hex digits like oslo's `uuid4().hex`, made of a
+/// random 64-bit prefix (one per generator) and a counter, so making one
+/// costs no system call and a reply's id maps back to a `u64` key.
+#[derive(Debug)]
+pub(crate) struct IdGen {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl IdGen {
+    pub(crate) fn new() -> IdGen {
+        let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
+        IdGen {
+            prefix: hi ^ lo.rotate_left(17),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// The next id: its counter and its text.
+    pub(crate) fn next(&self) -> (u64, Id) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        (n, Id::new(self.prefix, n))
+    }
+
+    /// The counter of an id this generator made, if it is one.
+    pub(crate) fn parse(&self, id: &str) -> Option<u64> {
+        if id.len() != 32 || !id.is_ascii() {
+            return None;
+        }
+        let prefix = u64::from_str_radix(&id[..16], 16).ok()?;
+        if prefix != self.prefix {
+            return None;
+        }
+        u64::from_str_radix(&id[16..], 16).ok()
+    }
+}
+
+/// An id's text, on the stack.
+#[derive(Clone, Copy)]
+pub(crate) struct Id([u8; 32]);
+
+impl Id {
+    fn new(a: u64, b: u64) -> Id {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 32];
+        for (half, word) in out.chunks_exact_mut(16).zip([a, b]) {
+            for (i, d) in half.iter_mut().enumerate() {
+                *d = HEX[((word >> ((15 - i) * 4)) & 0xf) as usize];
+            }
+        }
+        Id(out)
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // Hex digits only: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A hasher for keys that are already well spread (counters): one multiply.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct CounterHasher(u64);
+
+impl std::hash::Hasher for CounterHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// `BuildHasher` of [`CounterHasher`].
+pub(crate) type BuildCounterHasher = std::hash::BuildHasherDefault<CounterHasher>;
+
+/// A fresh random id, 32 hex digits (for queue names).
+pub(crate) fn random_hex() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+/// The current UTC time as oslo writes it: `YYYY-MM-DD HH:MM:SS.ffffff`.
+pub(crate) fn utc_timestamp() -> String {
+    let d = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format_timestamp(d.as_secs(), d.subsec_micros())
+}
+
+pub(crate) fn format_timestamp(secs: u64, micros: u32) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{micros:06}",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// A future that turns a panic while polling the inner (pinned) future
+/// into `Err(payload)`.
+pub(crate) struct CatchUnwind<F> {
+    inner: F,
+}
+
+impl<F: Future + Unpin> CatchUnwind<F> {
+    pub(crate) fn new(inner: F) -> Self {
+        CatchUnwind { inner }
+    }
+}
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let inner = Pin::new(&mut self.inner);
+        match catch_unwind(AssertUnwindSafe(move || inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(v)) => Poll::Ready(Ok(v)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        }
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "handler panicked".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let g = IdGen::new();
+        let (n, s) = g.next();
+        let s = s.as_str().to_owned();
+        assert_eq!(s.len(), 32);
+        assert!(s
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        assert_eq!(g.parse(&s), Some(n));
+        let (m, t) = g.next();
+        let t = t.as_str().to_owned();
+        assert_ne!(s, t);
+        assert_eq!(g.parse(&t), Some(m));
+        assert_eq!(IdGen::new().parse(&s), None);
+        assert_eq!(g.parse("xyz"), None);
+        assert_eq!(g.parse(&"é".repeat(16)), None);
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(format_timestamp(0, 0), "1970-01-01 00:00:00.000000");
+        // 2000-02-29 (leap day) 12:34:56.789012
+        assert_eq!(
+            format_timestamp(951_827_696, 789_012),
+            "2000-02-29 12:34:56.789012"
+        );
+        assert_eq!(
+            format_timestamp(1_735_689_599, 999_999),
+            "2024-12-31 23:59:59.999999"
+        );
+        assert_eq!(utc_timestamp().len(), 26);
+    }
+
+    #[test]
+    fn catch_unwind_future() {
+        let f = CatchUnwind::new(Box::pin(async { panic!("boom {}", 1) }));
+        let mut f = std::pin::pin!(f);
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: std::sync::Arc<Self>) {}
+        }
+        let waker = std::task::Waker::from(std::sync::Arc::new(Noop));
+        let mut cx = TaskContext::from_waker(&waker);
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(p)) => assert_eq!(panic_message(&*p), "boom 1"),
+            _ => panic!("expected the panic to be caught"),
+        }
+    }
+}

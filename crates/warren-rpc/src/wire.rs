@@ -1,0 +1,1134 @@
+//! oslo.messaging's wire format (see [`WireRequest`]).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::io;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::context::Context;
+use crate::error::RemoteError;
+use crate::target::Version;
+
+const ENVELOPE_VERSION: Version = Version::new(2, 0);
+const CONTEXT_PREFIX: &str = "_context_";
+
+/// Why a body could not be read as an oslo message.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Not valid JSON, or not of the expected shape.
+    #[error("malformed message: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The envelope's `oslo.version` is not compatible with 2.0.
+    #[error("unsupported envelope version '{0}'")]
+    UnsupportedEnvelope(String),
+    /// A required field is missing.
+    #[error("message has no '{0}'")]
+    Missing(&'static str),
+    /// A field has the wrong type or value.
+    #[error("invalid '{0}' in message")]
+    Invalid(&'static str),
+}
+
+/// An RPC request's payload: the method, its keyword arguments, and the
+/// namespace and version that select the endpoint.
+#[derive(Clone, Debug)]
+pub struct RpcMessage {
+    /// The method name.
+    pub method: String,
+    /// The keyword arguments: the JSON text of an object.
+    pub args: Box<RawValue>,
+    /// The endpoint namespace.
+    pub namespace: Option<String>,
+    /// The API version, as on the wire (`"3.1"`); `None` means `1.0`.
+    pub version: Option<String>,
+}
+
+impl RpcMessage {
+    /// A message for `method` with these arguments, no namespace or version.
+    ///
+    /// # Errors
+    ///
+    /// When `args` does not serialize to a JSON object; `()` and `None`
+    /// serialize to `null`, taken as no arguments (`{}`).
+    pub fn new<A: serde::Serialize + ?Sized>(
+        method: impl Into<String>,
+        args: &A,
+    ) -> Result<RpcMessage, String> {
+        Ok(RpcMessage {
+            method: method.into(),
+            args: args_to_raw(args)?,
+            namespace: None,
+            version: None,
+        })
+    }
+}
+
+/// Serializes keyword arguments: a JSON object, `null` meaning none.
+pub(crate) fn args_to_raw<A: serde::Serialize + ?Sized>(args: &A) -> Result<Box<RawValue>, String> {
+    let raw = serde_json::value::to_raw_value(args).map_err(|e| e.to_string())?;
+    match raw.get().as_bytes().first() {
+        Some(b'{') => Ok(raw),
+        _ if raw.get() == "null" => empty_object(),
+        _ => Err(format!(
+            "arguments must serialize to a JSON object (keyword arguments), got {}",
+            truncate(raw.get(), 40)
+        )),
+    }
+}
+
+pub(crate) fn empty_object() -> Result<Box<RawValue>, String> {
+    RawValue::from_string("{}".to_owned()).map_err(|e| e.to_string())
+}
+
+fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// A request as it travels: the message plus oslo's bookkeeping fields.
+///
+/// oslo.messaging's wire format, so that a Rust service and a Python
+/// OpenStack service read each other's messages.
+///
+/// Every body is the *envelope* (format 2.0):
+///
+/// ```json
+/// {"oslo.version": "2.0", "oslo.message": "<the message, as a JSON string>"}
+/// ```
+///
+/// The inner message of a request has `method`, `args` (keyword arguments:
+/// a JSON object), `namespace` and `version` when set, the request context
+/// flattened as `_context_<key>`, `_unique_id`, and for calls `_msg_id`,
+/// `_reply_q` and `_timeout`. A reply has `result`, `failure` (a JSON string,
+/// see [`RemoteError`]), `ending: true` and `_msg_id`. A notification has
+/// `message_id`, `publisher_id`, `event_type`, `priority` (upper case),
+/// `payload`, `timestamp` and the context.
+///
+/// Decoding is liberal as oslo's is: a body that is a JSON object without the
+/// envelope keys is taken as the message itself (format 1.0).
+///
+/// Encoding writes the inner message straight into the envelope's string,
+/// escaping as it goes: one pass, one buffer.
+#[derive(Clone, Debug)]
+pub struct WireRequest {
+    /// Method, arguments, namespace, version.
+    pub message: RpcMessage,
+    /// The request context (the `_context_*` keys).
+    pub ctx: Context,
+    /// `_msg_id`: set for calls; the reply carries it back.
+    pub msg_id: Option<String>,
+    /// `_reply_q`: the queue the reply goes to (calls).
+    pub reply_q: Option<String>,
+    /// `_unique_id`: a fresh id per message, for duplicate detection.
+    pub unique_id: Option<String>,
+    /// `_timeout`: oslo's call-monitor timeout in seconds (usually `null`).
+    pub timeout: Option<f64>,
+}
+
+impl WireRequest {
+    /// The envelope bytes.
+    ///
+    /// # Errors
+    ///
+    /// Only if a context value cannot be written as JSON (never for values
+    /// built by `serde_json`).
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode_request(
+            &self.message,
+            &self.ctx,
+            &RequestFields {
+                msg_id: self.msg_id.as_deref(),
+                reply_q: self.reply_q.as_deref(),
+                unique_id: self.unique_id.as_deref(),
+                timeout: self.timeout,
+                call: self.msg_id.is_some(),
+            },
+        )
+    }
+
+    /// Reads a request body (envelope or bare message).
+    ///
+    /// # Errors
+    ///
+    /// [`WireError`] for bad JSON, an unsupported envelope, or no `method`.
+    pub fn decode(body: &[u8]) -> Result<WireRequest, WireError> {
+        WireRequest::decode_with(body, true)
+    }
+
+    /// Decodes; `_unique_id` only if asked (a server has no use for it).
+    pub(crate) fn decode_with(body: &[u8], unique_id: bool) -> Result<WireRequest, WireError> {
+        let inner = open_envelope(body)?;
+        let f: Fields<'_> = serde_json::from_str(&inner)?;
+        let method = f.method.ok_or(WireError::Missing("method"))?;
+        let args = match f.args {
+            Some(a) if a.get().starts_with('{') => a,
+            Some(a) if a.get() != "null" => return Err(WireError::Invalid("args")),
+            _ => empty_object().map_err(|_| WireError::Invalid("args"))?,
+        };
+        Ok(WireRequest {
+            message: RpcMessage {
+                method,
+                args,
+                namespace: f.namespace,
+                version: f.version,
+            },
+            ctx: Context::from(f.ctx),
+            msg_id: f.msg_id.map(Cow::into_owned),
+            reply_q: f.reply_q,
+            unique_id: if unique_id {
+                f.unique_id.map(Cow::into_owned)
+            } else {
+                None
+            },
+            timeout: f.timeout,
+        })
+    }
+}
+
+/// A reply as it travels.
+#[derive(Clone, Debug)]
+pub struct WireReply {
+    /// The result (JSON), `None` for `null`.
+    pub result: Option<Box<RawValue>>,
+    /// The failure, if the call failed.
+    pub failure: Option<RemoteError>,
+    /// `ending`: true on a final reply; false on a call-monitor heartbeat.
+    pub ending: bool,
+    /// `_msg_id`: the call's message id.
+    pub msg_id: Option<String>,
+    /// `_unique_id`.
+    pub unique_id: Option<String>,
+}
+
+impl WireReply {
+    /// The envelope bytes.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice (see [`WireRequest::encode`]).
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode_reply(
+            self.result.as_deref(),
+            self.failure.as_ref(),
+            self.ending,
+            self.msg_id.as_deref().unwrap_or(""),
+            self.unique_id.as_deref().unwrap_or(""),
+        )
+    }
+
+    /// Reads a reply body.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError`] for bad JSON or an unsupported envelope.
+    pub fn decode(body: &[u8]) -> Result<WireReply, WireError> {
+        read_reply(body, |msg_id, unique_id, result, failure, ending| {
+            WireReply {
+                result,
+                failure,
+                ending,
+                msg_id: msg_id.map(str::to_owned),
+                unique_id: unique_id.map(str::to_owned),
+            }
+        })
+    }
+}
+
+/// Reads a reply and hands its parts to `f`, the ids borrowed: (`_msg_id`,
+/// `_unique_id`, `result`, `failure`, `ending`).
+pub(crate) fn read_reply<R>(
+    body: &[u8],
+    f: impl FnOnce(Option<&str>, Option<&str>, Option<Box<RawValue>>, Option<RemoteError>, bool) -> R,
+) -> Result<R, WireError> {
+    let inner = open_envelope(body)?;
+    let fields: Fields<'_> = serde_json::from_str(&inner)?;
+    let failure = match fields.failure {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(RemoteError::from_failure_json(&s)?),
+        Some(v @ Value::Object(_)) => Some(serde_json::from_value(v)?),
+        Some(_) => return Err(WireError::Invalid("failure")),
+    };
+    Ok(f(
+        fields.msg_id.as_deref(),
+        fields.unique_id.as_deref(),
+        fields.result.filter(|r| r.get() != "null"),
+        failure,
+        fields.ending,
+    ))
+}
+
+/// A notification as it travels.
+#[derive(Clone, Debug)]
+pub struct WireNotification {
+    /// A fresh UUID per notification.
+    pub message_id: String,
+    /// Who sent it (`compute.host1`).
+    pub publisher_id: String,
+    /// What happened (`compute.instance.create.end`).
+    pub event_type: String,
+    /// The priority, upper case as oslo sends it (`INFO`).
+    pub priority: String,
+    /// The payload (JSON).
+    pub payload: Box<RawValue>,
+    /// UTC, `YYYY-MM-DD HH:MM:SS.ffffff`.
+    pub timestamp: String,
+    /// The request context (the `_context_*` keys).
+    pub ctx: Context,
+    /// `_unique_id`.
+    pub unique_id: Option<String>,
+}
+
+impl WireNotification {
+    /// The envelope bytes.
+    ///
+    /// # Errors
+    ///
+    /// Never in practice (see [`WireRequest::encode`]).
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let mut out = Envelope::start(256 + self.payload.get().len());
+        {
+            let mut w = Esc(&mut out);
+            w.lit(br#"{\"message_id\":"#);
+            w.string(&self.message_id);
+            w.lit(br#",\"publisher_id\":"#);
+            w.string(&self.publisher_id);
+            w.lit(br#",\"event_type\":"#);
+            w.string(&self.event_type);
+            w.lit(br#",\"priority\":"#);
+            w.string(&self.priority);
+            w.lit(br#",\"payload\":"#);
+            w.json(self.payload.get().as_bytes());
+            w.lit(br#",\"timestamp\":"#);
+            w.string(&self.timestamp);
+            if let Some(u) = &self.unique_id {
+                w.lit(br#",\"_unique_id\":"#);
+                w.string(u);
+            }
+            w.context(&self.ctx)?;
+            w.lit(b"}");
+        }
+        Ok(Envelope::finish(out))
+    }
+
+    /// Reads a notification body.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError`] for bad JSON, an unsupported envelope, or a missing
+    /// `event_type` / `priority`.
+    pub fn decode(body: &[u8]) -> Result<WireNotification, WireError> {
+        let inner = open_envelope(body)?;
+        let f: Fields<'_> = serde_json::from_str(&inner)?;
+        let payload = match f.payload {
+            Some(p) => p,
+            None => RawValue::NULL.to_owned(),
+        };
+        Ok(WireNotification {
+            message_id: f.message_id.unwrap_or_default(),
+            publisher_id: f.publisher_id.unwrap_or_default(),
+            event_type: f.event_type.ok_or(WireError::Missing("event_type"))?,
+            priority: f.priority.ok_or(WireError::Missing("priority"))?,
+            payload,
+            timestamp: f.timestamp.unwrap_or_default(),
+            ctx: Context::from(f.ctx),
+            unique_id: f.unique_id.map(Cow::into_owned),
+        })
+    }
+}
+
+/// The bookkeeping fields of an outgoing request.
+pub(crate) struct RequestFields<'a> {
+    pub(crate) msg_id: Option<&'a str>,
+    pub(crate) reply_q: Option<&'a str>,
+    pub(crate) unique_id: Option<&'a str>,
+    pub(crate) timeout: Option<f64>,
+    /// Write `_msg_id`, `_reply_q`, `_timeout` (a call).
+    pub(crate) call: bool,
+}
+
+pub(crate) fn encode_request(
+    message: &RpcMessage,
+    ctx: &Context,
+    fields: &RequestFields<'_>,
+) -> Result<Vec<u8>, WireError> {
+    let mut out = Envelope::start(192 + message.args.get().len() + 32 * ctx.len());
+    {
+        let mut w = Esc(&mut out);
+        w.lit(br#"{\"method\":"#);
+        w.string(&message.method);
+        w.lit(br#",\"args\":"#);
+        w.json(message.args.get().as_bytes());
+        if let Some(ns) = &message.namespace {
+            w.lit(br#",\"namespace\":"#);
+            w.string(ns);
+        }
+        if let Some(v) = &message.version {
+            w.lit(br#",\"version\":"#);
+            w.string(v);
+        }
+        if fields.call {
+            w.lit(br#",\"_msg_id\":"#);
+            w.opt_string(fields.msg_id);
+            w.lit(br#",\"_reply_q\":"#);
+            w.opt_string(fields.reply_q);
+            w.lit(br#",\"_timeout\":"#);
+            match fields.timeout {
+                Some(t) if t.is_finite() => {
+                    serde_json::to_writer(&mut w, &t)?;
+                }
+                _ => w.lit(b"null"),
+            }
+        }
+        if let Some(u) = fields.unique_id {
+            w.lit(br#",\"_unique_id\":"#);
+            w.string(u);
+        }
+        w.context(ctx)?;
+        w.lit(b"}");
+    }
+    Ok(Envelope::finish(out))
+}
+
+pub(crate) fn encode_reply(
+    result: Option<&RawValue>,
+    failure: Option<&RemoteError>,
+    ending: bool,
+    msg_id: &str,
+    unique_id: &str,
+) -> Result<Vec<u8>, WireError> {
+    let mut out = Envelope::start(128 + result.map_or(4, |r| r.get().len()));
+    {
+        let mut w = Esc(&mut out);
+        w.lit(br#"{\"result\":"#);
+        match result {
+            Some(r) => w.json(r.get().as_bytes()),
+            None => w.lit(b"null"),
+        }
+        w.lit(br#",\"failure\":"#);
+        match failure {
+            Some(f) => w.string(&f.to_failure_json()),
+            None => w.lit(b"null"),
+        }
+        w.lit(if ending {
+            br#",\"ending\":true,\"_msg_id\":"#.as_slice()
+        } else {
+            br#",\"ending\":false,\"_msg_id\":"#.as_slice()
+        });
+        w.string(msg_id);
+        w.lit(br#",\"_unique_id\":"#);
+        w.string(unique_id);
+        w.lit(b"}");
+    }
+    Ok(Envelope::finish(out))
+}
+
+struct Envelope;
+
+impl Envelope {
+    const HEAD: &'static [u8] = b"{\"oslo.version\":\"2.0\",\"oslo.message\":\"";
+
+    fn start(capacity: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(capacity + Self::HEAD.len() + 2);
+        out.extend_from_slice(Self::HEAD);
+        out
+    }
+
+    fn finish(mut out: Vec<u8>) -> Vec<u8> {
+        out.extend_from_slice(b"\"}");
+        out
+    }
+}
+
+/// Writes into the envelope's JSON string. What goes in is the inner
+/// message's JSON text, escaped for a JSON string (`"` as `\"`, `\` as
+/// `\\`, control characters as `\u00XX`): literals are written already
+/// escaped, JSON text is escaped as it is copied, string values are escaped
+/// twice (once as JSON strings of the inner message, once for the envelope)
+/// in one pass.
+struct Esc<'a>(&'a mut Vec<u8>);
+
+/// Bytes that need escaping in a JSON string.
+static SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        t[i] = true;
+        i += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
+
+impl Esc<'_> {
+    /// Appends bytes that are already escaped for the envelope.
+    fn lit(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// Appends JSON text, escaping it for the envelope.
+    fn json(&mut self, bytes: &[u8]) {
+        let out = &mut *self.0;
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            if !SPECIAL[usize::from(b)] {
+                continue;
+            }
+            out.extend_from_slice(&bytes[start..i]);
+            match b {
+                b'"' => out.extend_from_slice(br#"\""#),
+                b'\\' => out.extend_from_slice(br"\\"),
+                _ => push_control(out, b),
+            }
+            start = i + 1;
+        }
+        out.extend_from_slice(&bytes[start..]);
+    }
+
+    /// Appends a JSON string literal with this content.
+    fn string(&mut self, s: &str) {
+        self.0.extend_from_slice(br#"\""#);
+        self.string_body(s);
+        self.0.extend_from_slice(br#"\""#);
+    }
+
+    /// Appends the content of a JSON string literal: each special character
+    /// escaped for the inner message, and that escape escaped again.
+    fn string_body(&mut self, s: &str) {
+        let bytes = s.as_bytes();
+        let out = &mut *self.0;
+        // Most strings (ids, names, methods) need no escaping; this check
+        // has no early exit, so it runs vectorized.
+        let special = bytes.iter().fold(false, |acc, &b| {
+            acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if !special {
+            out.extend_from_slice(bytes);
+            return;
+        }
+        let mut start = 0;
+        for (i, &b) in bytes.iter().enumerate() {
+            if !SPECIAL[usize::from(b)] {
+                continue;
+            }
+            out.extend_from_slice(&bytes[start..i]);
+            match b {
+                // `"` is `\"` inside the inner message, `\\\"` in the envelope.
+                b'"' => out.extend_from_slice(br#"\\\""#),
+                b'\\' => out.extend_from_slice(br"\\\\"),
+                _ => {
+                    out.extend_from_slice(br"\\");
+                    push_control_body(out, b);
+                }
+            }
+            start = i + 1;
+        }
+        out.extend_from_slice(&bytes[start..]);
+    }
+
+    fn opt_string(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.string(s),
+            None => self.lit(b"null"),
+        }
+    }
+
+    /// Appends `,"_context_<key>":<value>` for each entry.
+    fn context(&mut self, ctx: &Context) -> Result<(), WireError> {
+        for (k, v) in ctx.iter() {
+            self.lit(br#",\"_context_"#);
+            self.string_body(k);
+            self.lit(br#"\":"#);
+            match v {
+                Value::String(s) => self.string(s),
+                Value::Null => self.lit(b"null"),
+                Value::Bool(true) => self.lit(b"true"),
+                Value::Bool(false) => self.lit(b"false"),
+                other => serde_json::to_writer(&mut *self, other)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl io::Write for Esc<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.json(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `u00XX` (the part of a `\u00XX` escape after the backslash).
+fn push_control_body(out: &mut Vec<u8>, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend_from_slice(b"u00");
+    out.push(HEX[usize::from(b >> 4)]);
+    out.push(HEX[usize::from(b & 0xf)]);
+}
+
+fn push_control(out: &mut Vec<u8>, b: u8) {
+    out.push(b'\\');
+    push_control_body(out, b);
+}
+
+/// The inner message's JSON text: the envelope's `oslo.message`, or the whole
+/// body when it is not an envelope.
+fn open_envelope(body: &[u8]) -> Result<String, WireError> {
+    if let Some(inner) = open_envelope_fast(body) {
+        return Ok(inner);
+    }
+    open_envelope_slow(body)
+}
+
+/// The envelope as this crate and Python's `json.dumps` write it: version
+/// first, then the message, to the end of the body. Anything else, or any
+/// doubt, is left to the general path.
+fn open_envelope_fast(body: &[u8]) -> Option<String> {
+    const HEADS: [&[u8]; 2] = [
+        br#"{"oslo.version":"2.0","oslo.message":""#,
+        br#"{"oslo.version": "2.0", "oslo.message": ""#,
+    ];
+    let rest = HEADS.iter().find_map(|h| body.strip_prefix(*h))?;
+    // Copied byte by byte into a buffer of the largest size it can need
+    // (unescaping only shrinks): the inner text is short and full of
+    // escapes, so this beats copying the runs between them.
+    let mut out = vec![0u8; rest.len()];
+    let mut n = 0;
+    let mut i = 0;
+    loop {
+        let b = *rest.get(i)?;
+        if b == b'"' {
+            break;
+        }
+        if b < 0x20 {
+            return None;
+        }
+        if b != b'\\' {
+            *out.get_mut(n)? = b;
+            n += 1;
+            i += 1;
+            continue;
+        }
+        let (c, len) = match *rest.get(i + 1)? {
+            b'"' => ('"', 2),
+            b'\\' => ('\\', 2),
+            b'/' => ('/', 2),
+            b'n' => ('\n', 2),
+            b't' => ('\t', 2),
+            b'r' => ('\r', 2),
+            b'b' => ('\u{8}', 2),
+            b'f' => ('\u{c}', 2),
+            b'u' => {
+                let hi = hex4(rest.get(i + 2..i + 6)?)?;
+                if (0xD800..0xDC00).contains(&hi) {
+                    if rest.get(i + 6..i + 8)? != br"\u" {
+                        return None;
+                    }
+                    let lo = hex4(rest.get(i + 8..i + 12)?)?;
+                    if !(0xDC00..0xE000).contains(&lo) {
+                        return None;
+                    }
+                    let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                    (char::from_u32(c)?, 12)
+                } else {
+                    (char::from_u32(hi)?, 6)
+                }
+            }
+            _ => return None,
+        };
+        if c.is_ascii() {
+            *out.get_mut(n)? = c as u8;
+            n += 1;
+        } else {
+            let mut tmp = [0u8; 4];
+            let utf8 = c.encode_utf8(&mut tmp).as_bytes();
+            out.get_mut(n..n + utf8.len())?.copy_from_slice(utf8);
+            n += utf8.len();
+        }
+        i += len;
+    }
+    out.truncate(n);
+    if rest[i + 1..].trim_ascii() != b"}" {
+        return None;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn hex4(digits: &[u8]) -> Option<u32> {
+    let mut v = 0;
+    for &d in digits {
+        v = v * 16 + char::from(d).to_digit(16)?;
+    }
+    Some(v)
+}
+
+fn open_envelope_slow(body: &[u8]) -> Result<String, WireError> {
+    #[derive(Deserialize)]
+    struct Env {
+        #[serde(rename = "oslo.version")]
+        version: Option<String>,
+        #[serde(rename = "oslo.message")]
+        message: Option<String>,
+    }
+    let env: Env = serde_json::from_slice(body)?;
+    match (env.version, env.message) {
+        (Some(v), Some(m)) => {
+            let ok = v
+                .parse::<Version>()
+                .is_ok_and(|v| ENVELOPE_VERSION.can_serve(v));
+            if ok {
+                Ok(m)
+            } else {
+                Err(WireError::UnsupportedEnvelope(v))
+            }
+        }
+        _ => std::str::from_utf8(body)
+            .map(str::to_owned)
+            .map_err(|_| WireError::Invalid("body")),
+    }
+}
+
+/// Every field any of the three message kinds has; what is absent stays
+/// `None`.
+#[derive(Default)]
+struct Fields<'de> {
+    method: Option<String>,
+    args: Option<Box<RawValue>>,
+    namespace: Option<String>,
+    version: Option<String>,
+    msg_id: Option<Cow<'de, str>>,
+    reply_q: Option<String>,
+    unique_id: Option<Cow<'de, str>>,
+    timeout: Option<f64>,
+    result: Option<Box<RawValue>>,
+    failure: Option<Value>,
+    ending: bool,
+    message_id: Option<String>,
+    publisher_id: Option<String>,
+    event_type: Option<String>,
+    priority: Option<String>,
+    payload: Option<Box<RawValue>>,
+    timestamp: Option<String>,
+    ctx: Map<String, Value>,
+}
+
+enum Key {
+    Method,
+    Args,
+    Namespace,
+    Version,
+    MsgId,
+    ReplyQ,
+    UniqueId,
+    Timeout,
+    Result,
+    Failure,
+    Ending,
+    MessageId,
+    PublisherId,
+    EventType,
+    Priority,
+    Payload,
+    Timestamp,
+    Context(String),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Key, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key, E> {
+                Ok(match s {
+                    "method" => Key::Method,
+                    "args" => Key::Args,
+                    "namespace" => Key::Namespace,
+                    "version" => Key::Version,
+                    "_msg_id" => Key::MsgId,
+                    "_reply_q" => Key::ReplyQ,
+                    "_unique_id" => Key::UniqueId,
+                    "_timeout" => Key::Timeout,
+                    "result" => Key::Result,
+                    "failure" => Key::Failure,
+                    "ending" => Key::Ending,
+                    "message_id" => Key::MessageId,
+                    "publisher_id" => Key::PublisherId,
+                    "event_type" => Key::EventType,
+                    "priority" => Key::Priority,
+                    "payload" => Key::Payload,
+                    "timestamp" => Key::Timestamp,
+                    _ => match s.strip_prefix(CONTEXT_PREFIX) {
+                        Some(k) => Key::Context(k.to_owned()),
+                        None => Key::Other,
+                    },
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Fields<'de>, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an oslo.messaging message (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut f = Fields::default();
+                while let Some(key) = map.next_key::<Key>()? {
+                    match key {
+                        Key::Method => f.method = map.next_value()?,
+                        Key::Args => f.args = Some(map.next_value()?),
+                        Key::Namespace => f.namespace = map.next_value()?,
+                        Key::Version => {
+                            f.version = map.next_value::<Option<VersionText>>()?.map(|v| v.0)
+                        }
+                        Key::MsgId => f.msg_id = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
+                        Key::ReplyQ => f.reply_q = map.next_value()?,
+                        Key::UniqueId => {
+                            f.unique_id = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0)
+                        }
+                        Key::Timeout => f.timeout = map.next_value::<Value>()?.as_f64(),
+                        Key::Result => f.result = Some(map.next_value()?),
+                        Key::Failure => f.failure = Some(map.next_value()?),
+                        Key::Ending => {
+                            f.ending = map.next_value::<Value>()?.as_bool().unwrap_or(false)
+                        }
+                        Key::MessageId => f.message_id = map.next_value()?,
+                        Key::PublisherId => f.publisher_id = map.next_value()?,
+                        Key::EventType => f.event_type = map.next_value()?,
+                        Key::Priority => f.priority = map.next_value()?,
+                        Key::Payload => f.payload = Some(map.next_value()?),
+                        Key::Timestamp => {
+                            f.timestamp = map.next_value::<Option<TimestampText>>()?.map(|t| t.0)
+                        }
+                        Key::Context(k) => {
+                            let v: Value = map.next_value()?;
+                            f.ctx.insert(k, v);
+                        }
+                        Key::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(f)
+            }
+        }
+        d.deserialize_map(FieldsVisitor)
+    }
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct Str<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Str<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(StrVisitor)
+    }
+}
+
+/// A version field: a string, or a number as some old senders wrote it.
+struct VersionText(String);
+
+impl<'de> Deserialize<'de> for VersionText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(VersionText(s)),
+            Value::Number(n) => Ok(VersionText(n.to_string())),
+            _ => Err(de::Error::custom("version must be a string")),
+        }
+    }
+}
+
+/// A timestamp field: a string, or anything else turned into its JSON text.
+struct TimestampText(String);
+
+impl<'de> Deserialize<'de> for TimestampText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) => Ok(TimestampText(s)),
+            other => Ok(TimestampText(other.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn inner(body: &[u8]) -> Value {
+        let env: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(env["oslo.version"], "2.0");
+        serde_json::from_str(env["oslo.message"].as_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn request_shape_is_oslos() {
+        let mut msg = RpcMessage::new("get_volume", &json!({"volume_id": "v\"1\\\n"})).unwrap();
+        msg.namespace = Some("ns".into());
+        msg.version = Some("3.1".into());
+        let ctx = Context::new()
+            .with("user", "alice")
+            .with("roles", json!(["admin"]));
+        let req = WireRequest {
+            message: msg,
+            ctx,
+            msg_id: Some("m1".into()),
+            reply_q: Some("reply_x".into()),
+            unique_id: Some("u1".into()),
+            timeout: None,
+        };
+        let body = req.encode().unwrap();
+        let m = inner(&body);
+        assert_eq!(
+            m,
+            json!({
+                "method": "get_volume",
+                "args": {"volume_id": "v\"1\\\n"},
+                "namespace": "ns",
+                "version": "3.1",
+                "_msg_id": "m1",
+                "_reply_q": "reply_x",
+                "_timeout": null,
+                "_unique_id": "u1",
+                "_context_user": "alice",
+                "_context_roles": ["admin"],
+            })
+        );
+        let back = WireRequest::decode(&body).unwrap();
+        assert_eq!(back.message.method, "get_volume");
+        assert_eq!(back.message.args.get(), r#"{"volume_id":"v\"1\\\n"}"#);
+        assert_eq!(back.ctx, req.ctx);
+        assert_eq!(back.msg_id.as_deref(), Some("m1"));
+        assert_eq!(back.reply_q.as_deref(), Some("reply_x"));
+        assert_eq!(back.message.version.as_deref(), Some("3.1"));
+    }
+
+    #[test]
+    fn cast_has_no_reply_fields() {
+        let req = WireRequest {
+            message: RpcMessage::new("m", &()).unwrap(),
+            ctx: Context::new(),
+            msg_id: None,
+            reply_q: None,
+            unique_id: Some("u".into()),
+            timeout: None,
+        };
+        let m = inner(&req.encode().unwrap());
+        assert_eq!(m, json!({"method": "m", "args": {}, "_unique_id": "u"}));
+    }
+
+    #[test]
+    fn reads_python_bodies() {
+        // As Python's json.dumps writes it: spaces, \u escapes, ASCII only.
+        let body = br#"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"ping\", \"args\": {\"x\": \"\\u00e9\"}, \"_context_user\": \"b\\u00f6b\", \"_unique_id\": \"abc\", \"_msg_id\": \"m\", \"_reply_q\": \"reply_1\", \"_timeout\": 30}"}"#;
+        let r = WireRequest::decode(body).unwrap();
+        assert_eq!(r.message.method, "ping");
+        let args: Value = serde_json::from_str(r.message.args.get()).unwrap();
+        assert_eq!(args, json!({"x": "é"}));
+        assert_eq!(r.ctx.get_str("user"), Some("böb"));
+        assert_eq!(r.timeout, Some(30.0));
+        // Format 1.0: no envelope.
+        let r = WireRequest::decode(br#"{"method": "m", "args": null}"#).unwrap();
+        assert_eq!(r.message.args.get(), "{}");
+        assert!(matches!(
+            WireRequest::decode(br#"{"oslo.version": "3.0", "oslo.message": "{}"}"#),
+            Err(WireError::UnsupportedEnvelope(_))
+        ));
+        assert!(matches!(
+            WireRequest::decode(br#"{"args": {}}"#),
+            Err(WireError::Missing("method"))
+        ));
+        assert!(WireRequest::decode(b"not json").is_err());
+        assert!(WireRequest::decode(br#"{"method": "m", "args": [1]}"#).is_err());
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        let raw = serde_json::value::to_raw_value(&json!({"id": 1})).unwrap();
+        let body = encode_reply(Some(&raw), None, true, "m1", "u1").unwrap();
+        assert_eq!(
+            inner(&body),
+            json!({"result": {"id": 1}, "failure": null, "ending": true, "_msg_id": "m1", "_unique_id": "u1"})
+        );
+        let r = WireReply::decode(&body).unwrap();
+        assert_eq!(r.result.unwrap().get(), r#"{"id":1}"#);
+        assert!(r.ending && r.failure.is_none());
+
+        let e = RemoteError::new("Boom", "it \"broke\"").with_data(json!({"k": 1}));
+        let body = encode_reply(None, Some(&e), true, "m2", "u2").unwrap();
+        let m = inner(&body);
+        assert!(m["failure"].is_string());
+        let f: Value = serde_json::from_str(m["failure"].as_str().unwrap()).unwrap();
+        assert_eq!(f["class"], "Boom");
+        assert_eq!(f["message"], "it \"broke\"");
+        assert_eq!(f["kwargs"], json!({"k": 1}));
+        assert!(f["tb"].is_array() && f["args"].is_array());
+        let r = WireReply::decode(&body).unwrap();
+        assert_eq!(r.failure, Some(e));
+        assert!(r.result.is_none());
+    }
+
+    #[test]
+    fn notification_round_trip() {
+        let n = WireNotification {
+            message_id: "id".into(),
+            publisher_id: "compute.host1".into(),
+            event_type: "compute.instance.create.end".into(),
+            priority: "INFO".into(),
+            payload: serde_json::value::to_raw_value(&json!({"state": "active"})).unwrap(),
+            timestamp: "2024-01-02 03:04:05.000006".into(),
+            ctx: Context::new().with("request_id", "req-1"),
+            unique_id: Some("u".into()),
+        };
+        let body = n.encode().unwrap();
+        assert_eq!(
+            inner(&body),
+            json!({
+                "message_id": "id",
+                "publisher_id": "compute.host1",
+                "event_type": "compute.instance.create.end",
+                "priority": "INFO",
+                "payload": {"state": "active"},
+                "timestamp": "2024-01-02 03:04:05.000006",
+                "_unique_id": "u",
+                "_context_request_id": "req-1",
+            })
+        );
+        let back = WireNotification::decode(&body).unwrap();
+        assert_eq!(back.event_type, n.event_type);
+        assert_eq!(back.payload.get(), n.payload.get());
+        assert_eq!(back.ctx, n.ctx);
+    }
+
+    #[test]
+    fn context_keys_are_escaped() {
+        let req = WireRequest {
+            message: RpcMessage::new("m", &()).unwrap(),
+            ctx: Context::new().with("we\"ird\u{1}", 1),
+            msg_id: None,
+            reply_q: None,
+            unique_id: None,
+            timeout: None,
+        };
+        let back = WireRequest::decode(&req.encode().unwrap()).unwrap();
+        assert_eq!(back.ctx, req.ctx);
+    }
+
+    #[test]
+    fn fast_and_general_envelope_paths_agree() {
+        let expected = "q\"b\\s/\n\u{1}\u{e9}\u{1F600}";
+        let inner = serde_json::to_string(&json!({ "a": expected })).unwrap();
+        let mut compact = br#"{"oslo.version":"2.0","oslo.message":"#.to_vec();
+        compact.extend_from_slice(serde_json::to_string(&inner).unwrap().as_bytes());
+        compact.push(b'}');
+        // As Python's json.dumps writes it: ASCII only, surrogate pairs.
+        let python = br#"{"oslo.version": "2.0", "oslo.message": "{\"a\": \"q\\\"b\\\\s/\\n\\u0001\\u00e9\\ud83d\\ude00\"}"}"#.to_vec();
+        for body in [&compact, &python] {
+            let fast = open_envelope_fast(body).expect("fast path taken");
+            let slow = open_envelope_slow(body).unwrap();
+            assert_eq!(fast, slow);
+            let v: Value = serde_json::from_str(&fast).unwrap();
+            assert_eq!(v["a"], expected);
+        }
+        // Not for the fast path: other key order, trailing data, a lone
+        // surrogate, a raw control character.
+        for body in [
+            &br#"{"oslo.message": "{}", "oslo.version": "2.0"}"#[..],
+            br#"{"oslo.version":"2.0","oslo.message":"{}","x":1}"#,
+            br#"{"oslo.version":"2.0","oslo.message":"\ud800"}"#,
+            b"{\"oslo.version\":\"2.0\",\"oslo.message\":\"\x01\"}",
+            br#"{"oslo.version":"2.0","oslo.message":"{}"#,
+        ] {
+            assert!(
+                open_envelope_fast(body).is_none(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(
+            open_envelope(br#"{"oslo.message": "{}", "oslo.version": "2.0"}"#).unwrap(),
+            "{}"
+        );
+    }
+
+    /// Bodies made by oslo.messaging 18.3 itself (`serialize_msg`,
+    /// `pack_context`, `serialize_remote_exception`).
+    #[test]
+    fn reads_bodies_made_by_oslo_messaging() {
+        let req = br####"{"oslo.version": "2.0", "oslo.message": "{\"method\": \"ping\", \"args\": {\"x\": \"\\u00e9\"}, \"version\": \"1.2\", \"_msg_id\": \"m\", \"_reply_q\": \"reply_q1\", \"_timeout\": null, \"_unique_id\": \"cb5a5ab59f2d408897029ad1a9e30611\", \"_context_user\": \"bob\", \"_context_roles\": [\"a\"]}"}"####;
+        let r = WireRequest::decode(req).unwrap();
+        assert_eq!(r.message.method, "ping");
+        assert_eq!(r.message.version.as_deref(), Some("1.2"));
+        let args: Value = serde_json::from_str(r.message.args.get()).unwrap();
+        assert_eq!(args, json!({"x": "é"}));
+        assert_eq!(
+            r.ctx,
+            Context::new()
+                .with("user", "bob")
+                .with("roles", json!(["a"]))
+        );
+        assert_eq!(r.msg_id.as_deref(), Some("m"));
+        assert_eq!(r.reply_q.as_deref(), Some("reply_q1"));
+        assert_eq!(
+            r.unique_id.as_deref(),
+            Some("cb5a5ab59f2d408897029ad1a9e30611")
+        );
+        let reply = br####"{"oslo.version": "2.0", "oslo.message": "{\"result\": null, \"failure\": \"{\\\"class\\\": \\\"E\\\", \\\"module\\\": \\\"__main__\\\", \\\"message\\\": \\\"bad thing\\\", \\\"tb\\\": [\\\"Traceback (most recent call last):\\\\n\\\", \\\"  File \\\\\\\"<stdin>\\\\\\\", line 25, in <module>\\\\n\\\", \\\"E: bad thing\\\\n\\\"], \\\"args\\\": [\\\"bad thing\\\"], \\\"kwargs\\\": {\\\"volume_id\\\": \\\"v7\\\"}}\", \"ending\": true, \"_msg_id\": \"abc\", \"_unique_id\": \"b0e71e2c470847338a2deb500f431206\"}"}"####;
+        let r = WireReply::decode(reply).unwrap();
+        assert!(r.ending && r.result.is_none());
+        assert_eq!(r.msg_id.as_deref(), Some("abc"));
+        let f = r.failure.unwrap();
+        assert_eq!(
+            (f.class(), f.module(), f.message()),
+            ("E", "__main__", "bad thing")
+        );
+        assert_eq!(f.data()["volume_id"], "v7");
+        assert_eq!(f.args(), [json!("bad thing")]);
+        assert_eq!(f.traceback().len(), 3);
+        assert!(f.traceback()[1].contains("\"<stdin>\""));
+    }
+
+    #[test]
+    fn args_must_be_objects() {
+        assert!(RpcMessage::new("m", &[1, 2]).is_err());
+        assert!(RpcMessage::new("m", &5).is_err());
+        assert_eq!(RpcMessage::new("m", &None::<u8>).unwrap().args.get(), "{}");
+    }
+}
