@@ -17,9 +17,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 1. block: the producer can never be more than 10 messages ahead.
     broker.declare_queue(
         "frames",
-        QueueDeclareOptions::default().with_max_length(10).with_overflow(Overflow::Block),
+        QueueDeclareOptions::default()
+            .with_max_length(10)
+            .with_overflow(Overflow::Block),
     )?;
-    let slow = broker.consume("frames", ConsumeOptions { prefetch: 1, ..Default::default() })?;
+    let slow = broker.consume(
+        "frames",
+        ConsumeOptions {
+            prefetch: 1,
+            ..Default::default()
+        },
+    )?;
     let consumer = thread::spawn(move || {
         for _ in 0..50 {
             if let Ok(d) = slow.recv() {
@@ -35,13 +43,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         assert!(ready <= 10);
     }
     consumer.join().ok();
-    println!("block: 50 messages through a 10-message queue in {:?}, never more than 10 waiting", start.elapsed());
+    println!(
+        "block: 50 messages through a 10-message queue in {:?}, never more than 10 waiting",
+        start.elapsed()
+    );
 
     // 2. drop-head with a dead-letter queue: the oldest go to `overflowed`.
     broker.declare_queue("overflowed", QueueDeclareOptions::default())?;
     broker.declare_queue(
         "latest",
-        QueueDeclareOptions::default().with_max_length(3).with_dead_letter("", Some("overflowed")),
+        QueueDeclareOptions::default()
+            .with_max_length(3)
+            .with_dead_letter("", Some("overflowed")),
     )?;
     for i in 0..5u8 {
         broker.publish("", "latest", vec![b'0' + i])?;
@@ -57,18 +70,32 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // 3. reject-publish: the publisher learns the queue refused the message.
     broker.declare_queue(
         "strict",
-        QueueDeclareOptions::default().with_max_length(1).with_overflow(Overflow::RejectPublish),
+        QueueDeclareOptions::default()
+            .with_max_length(1)
+            .with_overflow(Overflow::RejectPublish),
     )?;
     let first = broker.publish("", "strict", "one")?;
     let second = broker.publish("", "strict", "two")?;
-    println!("reject-publish: first rejected? {}, second rejected? {}", first.is_rejected(), second.is_rejected());
+    println!(
+        "reject-publish: first rejected? {}, second rejected? {}",
+        first.is_rejected(),
+        second.is_rejected()
+    );
 
     // 4. try_publish never waits: a full `block` queue hands the message back.
-    broker.declare_queue("tiny", QueueDeclareOptions::default().with_max_length(1).with_overflow(Overflow::Block))?;
+    broker.declare_queue(
+        "tiny",
+        QueueDeclareOptions::default()
+            .with_max_length(1)
+            .with_overflow(Overflow::Block),
+    )?;
     broker.try_publish("", "tiny", "fits")?;
     match broker.try_publish("", "tiny", "does not fit") {
         Err(warren::PublishError::Full(message)) => {
-            println!("try_publish: full, got back {:?}", String::from_utf8_lossy(&message.body))
+            println!(
+                "try_publish: full, got back {:?}",
+                String::from_utf8_lossy(&message.body)
+            )
         }
         other => println!("try_publish: unexpected {other:?}"),
     }

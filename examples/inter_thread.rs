@@ -18,15 +18,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers: Vec<_> = (0..2)
         .map(|id| {
             let broker = broker.clone();
-            let jobs = broker.consume("work", ConsumeOptions { prefetch: 8, ..Default::default() })?;
+            let jobs = broker.consume(
+                "work",
+                ConsumeOptions {
+                    prefetch: 8,
+                    ..Default::default()
+                },
+            )?;
             Ok(thread::spawn(move || {
                 let mut done = 0;
                 // `recv` returns an error once the consumer is cancelled (here:
                 // when `main` deletes the queue).
                 while let Ok(job) = jobs.recv() {
-                    let n: u64 = std::str::from_utf8(job.body()).unwrap_or("0").parse().unwrap_or(0);
+                    let n: u64 = std::str::from_utf8(job.body())
+                        .unwrap_or("0")
+                        .parse()
+                        .unwrap_or(0);
                     broker
-                        .publish("status", "", format!("worker {id} squared {n} = {}", n * n).into_bytes())
+                        .publish(
+                            "status",
+                            "",
+                            format!("worker {id} squared {n} = {}", n * n).into_bytes(),
+                        )
                         .ok();
                     job.ack();
                     done += 1;

@@ -13,17 +13,42 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Each receiver declares a server-named, exclusive queue and binds its patterns.
     let mut receivers = Vec::new();
-    for patterns in [vec!["#"], vec!["kern.*"], vec!["*.critical"], vec!["kern.*", "*.critical"]] {
-        let q = broker.declare_queue("", QueueDeclareOptions { exclusive: true, ..Default::default() })?;
+    for patterns in [
+        vec!["#"],
+        vec!["kern.*"],
+        vec!["*.critical"],
+        vec!["kern.*", "*.critical"],
+    ] {
+        let q = broker.declare_queue(
+            "",
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+        )?;
         for p in &patterns {
             broker.bind_queue(&q.queue, "topic_logs", p, &FieldTable::new())?;
         }
-        let consumer = broker.consume(&q.queue, ConsumeOptions { no_ack: true, ..Default::default() })?;
+        let consumer = broker.consume(
+            &q.queue,
+            ConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+        )?;
         receivers.push((patterns.join(" "), consumer));
     }
 
-    for key in ["kern.critical", "kern.info", "auth.critical", "cron.warning", "anonymous.info"] {
-        let routed = broker.publish("topic_logs", key, format!("a {key} message").into_bytes())?.routed;
+    for key in [
+        "kern.critical",
+        "kern.info",
+        "auth.critical",
+        "cron.warning",
+        "anonymous.info",
+    ] {
+        let routed = broker
+            .publish("topic_logs", key, format!("a {key} message").into_bytes())?
+            .routed;
         println!("sent {key:<15} -> {routed} queue(s)");
     }
 

@@ -10,7 +10,13 @@ use warren::{Broker, ConsumeOptions, QueueDeclareOptions};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let broker = Broker::new();
-    broker.declare_queue("task_queue", QueueDeclareOptions { durable: true, ..Default::default() })?;
+    broker.declare_queue(
+        "task_queue",
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+    )?;
     for task in ["easy", "hard....", "crashes", "medium..", "easy"] {
         broker.publish("", "task_queue", task.as_bytes().to_vec())?;
     }
@@ -18,7 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut handles = Vec::new();
     for worker in 0..2 {
         // prefetch 1: a worker gets a new task only after acking the last one.
-        let tasks = broker.consume("task_queue", ConsumeOptions { prefetch: 1, ..Default::default() })?;
+        let tasks = broker.consume(
+            "task_queue",
+            ConsumeOptions {
+                prefetch: 1,
+                ..Default::default()
+            },
+        )?;
         handles.push(thread::spawn(move || {
             let mut log = Vec::new();
             while let Ok(task) = tasks.recv_timeout(std::time::Duration::from_millis(200)) {
@@ -29,7 +41,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     drop(task);
                     continue;
                 }
-                log.push(format!("worker {worker}: did {body:?} (redelivered: {})", task.redelivered()));
+                log.push(format!(
+                    "worker {worker}: did {body:?} (redelivered: {})",
+                    task.redelivered()
+                ));
                 task.ack();
             }
             log
@@ -41,6 +56,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let stats = broker.queue_stats("task_queue")?;
-    println!("ready {}, unacked {}, acked {}", stats.ready, stats.unacked, stats.acked);
+    println!(
+        "ready {}, unacked {}, acked {}",
+        stats.ready, stats.unacked, stats.acked
+    );
     Ok(())
 }

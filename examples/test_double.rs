@@ -9,18 +9,18 @@
 //! exactly what was sent and received, with no RabbitMQ and no sleeping.
 //!
 //! In a real project the `check_boot_instance` function below would be a
-//! `#[tokio::test]`. Run: `cargo run -p warren-rpc --example test_double`
+//! `#[tokio::test]`. Run: `cargo run --example test_double`
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use warren_core::{Broker, GetOptions, QueueDeclareOptions};
-use warren_rpc::{
+use warren::rpc::{
     Context, Endpoint, HandlerError, InprocTransport, Notifier, PrepareOptions, RpcClient,
     RpcError, RpcServer, Target, Transport, WireNotification, WireRequest,
 };
+use warren::{Broker, GetOptions, QueueDeclareOptions};
 
 // ---- the code under test ------------------------------------------------
 
@@ -108,11 +108,7 @@ async fn check_boot_instance() -> Result<(), Box<dyn std::error::Error>> {
 
     // No compute service runs: its host queue is declared (and bound, as a
     // compute server would) so that the cast waits there for us to read.
-    broker.declare_exchange(
-        "openstack",
-        warren_core::ExchangeKind::Topic,
-        Default::default(),
-    )?;
+    broker.declare_exchange("openstack", warren::ExchangeKind::Topic, Default::default())?;
     broker.declare_queue("compute.host7", QueueDeclareOptions::default())?;
     broker.bind_queue(
         "compute.host7",

@@ -5,20 +5,20 @@
 //! of them); a third listener, pool `audit`, gets its own copy of every
 //! notification but, through a filter, handles only errors about volumes.
 //!
-//! Run: `cargo run -p warren-rpc --example notifications`
+//! Run: `cargo run --example notifications`
 
 use std::sync::Arc;
 
 use serde_json::json;
 use tokio::sync::mpsc;
-use warren_rpc::{
+use warren::rpc::{
     Context, InprocTransport, Notification, NotificationEndpoint, NotificationFilter,
     NotificationListener, NotificationListenerOptions, Notifier, Target, Transport,
 };
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let transport: Arc<dyn Transport> = Arc::new(InprocTransport::new(warren_core::Broker::new()));
+    let transport: Arc<dyn Transport> = Arc::new(InprocTransport::new(warren::Broker::new()));
     let (seen_tx, mut seen) = mpsc::unbounded_channel::<(String, Notification)>();
 
     let report = |who: &'static str| {

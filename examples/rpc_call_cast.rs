@@ -7,7 +7,7 @@
 //! is an *expected* error: the caller gets `VolumeNotFound`, the server does
 //! not count it as a failure.
 //!
-//! Run: `cargo run -p warren-rpc --example rpc_call_cast`
+//! Run: `cargo run --example rpc_call_cast`
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use warren_rpc::{
+use warren::rpc::{
     transport_from_url, Context, Endpoint, HandlerError, PrepareOptions, RpcClient, RpcError,
     RpcServer, RpcServerOptions, Target, Transport, Version,
 };
