@@ -13,18 +13,23 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion, Throughput};
-use warren::{AMQPValue, BasicProperties, Broker, ExchangeKind, FieldTable, Message, QueueDeclareOptions};
+use warren::{
+    AMQPValue, BasicProperties, Broker, ExchangeKind, FieldTable, Message, QueueDeclareOptions,
+};
 
 const BATCH: usize = 1_000;
 const BODY: &[u8; 16] = b"0123456789abcdef";
 
 fn fanout_broker() -> Broker {
     let b = Broker::new();
-    b.declare_exchange("fan", ExchangeKind::Fanout, Default::default()).expect("declare");
+    b.declare_exchange("fan", ExchangeKind::Fanout, Default::default())
+        .expect("declare");
     for i in 0..10 {
         let q = format!("q{i}");
-        b.declare_queue(&q, QueueDeclareOptions::default()).expect("declare");
-        b.bind_queue(&q, "fan", "", &FieldTable::new()).expect("bind");
+        b.declare_queue(&q, QueueDeclareOptions::default())
+            .expect("declare");
+        b.bind_queue(&q, "fan", "", &FieldTable::new())
+            .expect("bind");
     }
     b
 }
@@ -32,7 +37,8 @@ fn fanout_broker() -> Broker {
 fn warren_fanout(b: &Broker) -> Duration {
     let start = Instant::now();
     for _ in 0..BATCH {
-        b.publish("fan", "", Bytes::from_static(BODY)).expect("publish");
+        b.publish("fan", "", Bytes::from_static(BODY))
+            .expect("publish");
     }
     for i in 0..10 {
         b.purge_queue(&format!("q{i}")).expect("purge");
@@ -40,7 +46,12 @@ fn warren_fanout(b: &Broker) -> Duration {
     start.elapsed()
 }
 
-fn crossbeam_fanout(chans: &[(crossbeam_channel::Sender<Bytes>, crossbeam_channel::Receiver<Bytes>)]) -> Duration {
+fn crossbeam_fanout(
+    chans: &[(
+        crossbeam_channel::Sender<Bytes>,
+        crossbeam_channel::Receiver<Bytes>,
+    )],
+) -> Duration {
     let start = Instant::now();
     for _ in 0..BATCH {
         let body = Bytes::from_static(BODY);
@@ -58,11 +69,13 @@ fn crossbeam_fanout(chans: &[(crossbeam_channel::Sender<Bytes>, crossbeam_channe
 /// messages carrying three headers.
 fn headers_setup() -> (Broker, Vec<FieldTable>, Vec<Message>) {
     let b = Broker::new();
-    b.declare_exchange("hdr", ExchangeKind::Headers, Default::default()).expect("declare");
+    b.declare_exchange("hdr", ExchangeKind::Headers, Default::default())
+        .expect("declare");
     let mut tables = Vec::new();
     for i in 0..100 {
         let q = format!("h{i}");
-        b.declare_queue(&q, QueueDeclareOptions::default()).expect("declare");
+        b.declare_queue(&q, QueueDeclareOptions::default())
+            .expect("declare");
         let t = FieldTable::new()
             .with("x-match", "all")
             .with("format", format!("f{}", i % 10))
@@ -76,7 +89,8 @@ fn headers_setup() -> (Broker, Vec<FieldTable>, Vec<Message>) {
                 .with("format", format!("f{}", i % 10))
                 .with("region", format!("r{}", (i / 7) % 10))
                 .with("size", i as i64);
-            Message::new(Bytes::from_static(BODY)).with_properties(BasicProperties::default().with_headers(h))
+            Message::new(Bytes::from_static(BODY))
+                .with_properties(BasicProperties::default().with_headers(h))
         })
         .collect();
     (b, tables, messages)
@@ -106,7 +120,10 @@ fn linear_headers(tables: &[FieldTable], messages: &[Message]) -> Duration {
             let all = t
                 .iter()
                 .filter(|(k, _)| !k.starts_with("x-"))
-                .all(|(k, v)| h.and_then(|h| h.get(k)).is_some_and(|hv| hv == v || matches!(v, AMQPValue::Void)));
+                .all(|(k, v)| {
+                    h.and_then(|h| h.get(k))
+                        .is_some_and(|hv| hv == v || matches!(v, AMQPValue::Void))
+                });
             hits += usize::from(all);
         }
         drop(m2);
@@ -120,16 +137,22 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(20);
     let chans: Vec<_> = (0..10).map(|_| crossbeam_channel::unbounded()).collect();
-    g.bench_function("crossbeam_10_channels", |b| b.iter_custom(|n| (0..n).map(|_| crossbeam_fanout(&chans)).sum()));
+    g.bench_function("crossbeam_10_channels", |b| {
+        b.iter_custom(|n| (0..n).map(|_| crossbeam_fanout(&chans)).sum())
+    });
     let fb = fanout_broker();
-    g.bench_function("warren_fanout_exchange", |b| b.iter_custom(|n| (0..n).map(|_| warren_fanout(&fb)).sum()));
+    g.bench_function("warren_fanout_exchange", |b| {
+        b.iter_custom(|n| (0..n).map(|_| warren_fanout(&fb)).sum())
+    });
     g.finish();
 
     let mut g = c.benchmark_group("headers100");
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(20);
     let (hb, tables, messages) = headers_setup();
-    g.bench_function("linear_scan", |b| b.iter_custom(|n| (0..n).map(|_| linear_headers(&tables, &messages)).sum()));
+    g.bench_function("linear_scan", |b| {
+        b.iter_custom(|n| (0..n).map(|_| linear_headers(&tables, &messages)).sum())
+    });
     g.bench_function("warren_headers_exchange", |b| {
         b.iter_custom(|n| (0..n).map(|_| warren_headers(&hb, &messages)).sum())
     });
@@ -143,7 +166,8 @@ fn main() {
     let rounds = if common::quick() { 1 } else { 21 };
     let chans: Vec<_> = (0..10).map(|_| crossbeam_channel::unbounded()).collect();
     let fb = fanout_broker();
-    let (raw, ours) = common::interleaved(rounds, || crossbeam_fanout(&chans), || warren_fanout(&fb));
+    let (raw, ours) =
+        common::interleaved(rounds, || crossbeam_fanout(&chans), || warren_fanout(&fb));
     let per = |d: Duration| d.as_nanos() as f64 / BATCH as f64;
     println!(
         "fanout10: crossbeam {:.0} ns/msg, warren {:.0} ns/msg (medians of {rounds}); warren/crossbeam time = {:.2}x",
@@ -152,12 +176,18 @@ fn main() {
         per(ours) / per(raw)
     );
     let (hb, tables, messages) = headers_setup();
-    let (lin, ours) = common::interleaved(rounds, || linear_headers(&tables, &messages), || warren_headers(&hb, &messages));
+    let (lin, ours) = common::interleaved(
+        rounds,
+        || linear_headers(&tables, &messages),
+        || warren_headers(&hb, &messages),
+    );
     println!(
         "headers100: linear scan {:.0} ns/msg, warren publish {:.0} ns/msg (medians of {rounds}); speedup = {:.2}x",
         per(lin),
         per(ours),
         per(lin) / per(ours)
     );
-    criterion::Criterion::default().configure_from_args().final_summary();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
 }

@@ -37,16 +37,23 @@ const N: usize = 100_000;
 
 /// Heap bytes of the strings a publisher put in the properties.
 fn props_heap(p: &BasicProperties) -> usize {
-    [&p.content_type, &p.correlation_id, &p.reply_to, &p.message_id]
-        .iter()
-        .map(|s| s.as_ref().map_or(0, |s| s.capacity()))
-        .sum()
+    [
+        &p.content_type,
+        &p.correlation_id,
+        &p.reply_to,
+        &p.message_id,
+    ]
+    .iter()
+    .map(|s| s.as_ref().map_or(0, |s| s.capacity()))
+    .sum()
 }
 
 fn measure(label: &str, make: impl Fn(usize) -> Message, routing_key: &str) {
     let b = Broker::new();
-    b.declare_queue("q", QueueDeclareOptions::default()).expect("declare");
-    b.bind_queue("q", "amq.direct", routing_key, &Default::default()).expect("bind");
+    b.declare_queue("q", QueueDeclareOptions::default())
+        .expect("declare");
+    b.bind_queue("q", "amq.direct", routing_key, &Default::default())
+        .expect("bind");
     let mut msgs: Vec<Message> = (0..N).map(&make).collect();
     let body_bytes: usize = msgs.iter().map(|m| m.body.len()).sum();
     // Properties the publisher allocated move into the broker; count them as
@@ -66,7 +73,11 @@ fn measure(label: &str, make: impl Fn(usize) -> Message, routing_key: &str) {
 }
 
 fn main() {
-    measure("16-byte body, no properties, key 'k'", |_| Message::new(vec![0u8; 16]), "k");
+    measure(
+        "16-byte body, no properties, key 'k'",
+        |_| Message::new(vec![0u8; 16]),
+        "k",
+    );
     measure(
         "16-byte body, no properties, 30-byte key",
         |_| Message::new(vec![0u8; 16]),
@@ -75,8 +86,11 @@ fn main() {
     measure(
         "16-byte body, content type + correlation id",
         |i| {
-            Message::new(vec![0u8; 16])
-                .with_properties(BasicProperties::default().with_content_type("text/plain").with_correlation_id(i.to_string()))
+            Message::new(vec![0u8; 16]).with_properties(
+                BasicProperties::default()
+                    .with_content_type("text/plain")
+                    .with_correlation_id(i.to_string()),
+            )
         },
         "k",
     );
