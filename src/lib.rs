@@ -6,7 +6,7 @@
 //! | feature  | default | module        | what it adds |
 //! |----------|---------|---------------|--------------|
 //! | `rpc`    | on      | [`rpc`]       | oslo.messaging-style call / cast / fanout and notifications |
-//! | `wire`   | on      | `wire`        | the AMQP 0-9-1 server (`warren serve`) |
+//! | `wire`   | on      | [`wire`]      | the AMQP 0-9-1 server (`warren serve`) |
 //! | `stream` | off     |               | [`Consumer`] implements `futures_core::Stream` |
 //!
 //! ```
@@ -28,3 +28,7 @@ pub use warren_core::*;
 /// oslo.messaging-style RPC and notifications (the `warren-rpc` crate).
 #[cfg(feature = "rpc")]
 pub use warren_rpc as rpc;
+
+/// The AMQP 0-9-1 server (the `warren-wire` crate).
+#[cfg(feature = "wire")]
+pub use warren_wire as wire;

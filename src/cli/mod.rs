@@ -1,10 +1,11 @@
 //! Command-line parsing and dispatch for the `warren` binary.
 //!
 //! Each subcommand is one variant of [`Command`] with its own argument struct
-//! and module; to add one (e.g. `serve`), add a variant, a module, and an arm
-//! in [`run`].
+//! and module; to add one, add a variant, a module, and an arm in [`run`].
 
 mod bench;
+#[cfg(feature = "wire")]
+mod serve;
 
 use std::fmt;
 use std::process::ExitCode;
@@ -32,6 +33,13 @@ pub enum Command {
     /// key) and writes an SVG plot of cost against binding count. Build with
     /// --release for meaningful numbers: `cargo run --release -- bench`.
     Bench(bench::BenchArgs),
+    /// Run warren as an AMQP 0-9-1 server (RabbitMQ clients connect unchanged)
+    ///
+    /// In memory, listening on 127.0.0.1:5672 with vhost `/` and user
+    /// guest/guest (accepted from loopback only) unless a config file or
+    /// --listen says otherwise. Stops on Ctrl-C.
+    #[cfg(feature = "wire")]
+    Serve(serve::ServeArgs),
 }
 
 /// A failure reported to the user as `error: <message>` with a non-zero exit
@@ -73,6 +81,8 @@ pub fn main() -> ExitCode {
 fn run(command: Command) -> CliResult<()> {
     match command {
         Command::Bench(args) => bench::run(&args),
+        #[cfg(feature = "wire")]
+        Command::Serve(args) => serve::run(&args),
     }
 }
 
