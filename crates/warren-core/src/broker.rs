@@ -29,12 +29,10 @@ use std::fmt;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::clock::{unix_seconds, Clock};
 use crate::consumer::{Consumer, ConsumerShared, Delivery};
@@ -48,6 +46,7 @@ use crate::options::{
 };
 use crate::queue::{AfterUnlock, Counters, DeadLetter, Offer, Queue, QueueConfig};
 use crate::stats::{BrokerStats, ExchangeStats, QueueStats};
+use crate::sync::{fence, thread, thread_local, AtomicU64, Condvar, Mutex, RwLock};
 
 /// The owner that in-process exclusive declares without an owner get.
 const PROCESS_OWNER: OwnerId = OwnerId(0);
@@ -179,7 +178,7 @@ impl Gone {
             }
             // Pairs with the release of the last other reference's drop: what
             // its last answer counted is visible below.
-            std::sync::atomic::fence(Ordering::Acquire);
+            fence(Ordering::Acquire);
             let q = self.zombies.swap_remove(i);
             let st = q.lock();
             let (c, g) = (&st.counters, &mut self.counters);
@@ -531,7 +530,7 @@ impl Broker {
             }
             if options.if_empty && !st.ready.is_empty() {
                 return Err(Error::PreconditionFailed(format!(
-                    "queue '{name}' in vhost '{}' is not empty",
+                    "queue '{name}' in vhost '{}' not empty",
                     inner.vhost
                 )));
             }
@@ -754,11 +753,9 @@ impl Broker {
                     inner.vhost
                 )));
             }
-            if st.consumers.iter().any(|c| c.tag == tag) {
-                return Err(Error::NotAllowed(format!(
-                    "attempt to reuse consumer tag '{tag}'"
-                )));
-            }
+            // Consumer tags are unique per AMQP channel, not per queue
+            // (oslo.messaging's servers all consume one topic queue with tag
+            // "1"): the wire layer checks them per channel.
             st.has_exclusive_consumer = options.exclusive;
             st.had_consumer = true;
             st.last_used = now;
@@ -837,6 +834,7 @@ impl Broker {
             dead_lettered: gone.dead_lettered + queues.iter().map(|q| q.dead_lettered).sum::<u64>(),
             expired: gone.expired + queues.iter().map(|q| q.expired).sum::<u64>(),
             unroutable: exchanges.iter().map(|x| x.unroutable).sum(),
+            ready_bytes: queues.iter().map(|q| q.ready_bytes).sum(),
             queues,
             exchanges,
         }
@@ -922,6 +920,7 @@ fn queue_stats(q: &Queue) -> QueueStats {
     let mut s = QueueStats {
         name: q.name.to_string(),
         ready: st.ready.len() as u64,
+        ready_bytes: st.ready_bytes,
         unacked: q.unacked(&st),
         consumers: st.consumers.len() as u32,
         acked: q.answers.acked.load(Ordering::Relaxed),
@@ -1403,7 +1402,7 @@ impl BrokerInner {
                 };
                 self.finish(after);
                 if r == Offer::Full {
-                    std::thread::park_timeout(Duration::from_millis(100));
+                    thread::park_timeout(Duration::from_millis(100));
                     q.lock().room.remove(key);
                     continue;
                 }
@@ -1511,16 +1510,33 @@ fn record(x: &Exchange, out: &Published) {
     }
 }
 
-/// RabbitMQ's `expiration`: a non-negative decimal integer of milliseconds.
+/// RabbitMQ's `expiration`: a decimal integer of milliseconds, at least 0,
+/// with RabbitMQ's error terms (`rabbit_basic:parse_expiration`): `no_integer`,
+/// `{value_negative,N}`, `{leftover_string,"..."}`.
 fn parse_expiration(s: &str) -> Result<u64> {
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(ms) = s.parse() {
-            return Ok(ms);
-        }
+    let bad = |why: String| Error::PreconditionFailed(format!("invalid expiration '{s}': {why}"));
+    let (negative, rest) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(bad("no_integer".into()));
     }
-    Err(Error::PreconditionFailed(format!(
-        "invalid expiration '{s}'"
-    )))
+    let (number, leftover) = rest.split_at(digits);
+    if !leftover.is_empty() {
+        return Err(bad(format!("{{leftover_string,\"{leftover}\"}}")));
+    }
+    if negative && number.bytes().any(|b| b != b'0') {
+        return Err(bad(format!(
+            "{{value_negative,-{}}}",
+            number.trim_start_matches('0')
+        )));
+    }
+    number
+        .parse()
+        .map_err(|_| bad(format!("{{value_too_large,{number}}}")))
 }
 
 /// Adds one death to `x-death` as RabbitMQ 3.10 does: an existing entry for the
@@ -1656,7 +1672,7 @@ fn parse_queue_config(name: &str, vhost: &str, o: &QueueDeclareOptions) -> Resul
     }
     if c.dead_letter_routing_key.is_some() && c.dead_letter_exchange.is_none() {
         return Err(Error::PreconditionFailed(format!(
-            "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost}': {{missing_dependent_args,[<<\"x-dead-letter-exchange\">>]}}"
+            "invalid arg 'x-dead-letter-routing-key' for queue '{name}' in vhost '{vhost}': routing_key_but_no_dlx_defined"
         )));
     }
     Ok(c)

@@ -24,16 +24,16 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 
 use crate::message::{BasicProperties, Content, Message};
 use crate::queue::{AfterUnlock, Entry, Queue};
+use crate::sync::{spin_loop, thread, AtomicU32, AtomicUsize, Mutex};
 use crate::wait::WaitList;
 
 #[derive(Debug, Default)]
@@ -227,9 +227,10 @@ impl fmt::Debug for Consumer {
 }
 
 /// Backoff steps before a receiver parks: spins of 1, 2, 4 … 64 iterations,
-/// then yields.
+/// then yields. (None under the model checker: the spin only polls early,
+/// and the parking protocol is what the models check.)
 const SPIN_LIMIT: u32 = 7;
-const SPIN_STEPS: u32 = 12;
+const SPIN_STEPS: u32 = if cfg!(loom) { 0 } else { 12 };
 
 enum Poll1 {
     Ready(Delivery),
@@ -303,10 +304,10 @@ impl Consumer {
             }
             if step < SPIN_LIMIT {
                 for _ in 0..(1u32 << step) {
-                    std::hint::spin_loop();
+                    spin_loop();
                 }
             } else {
-                std::thread::yield_now();
+                thread::yield_now();
             }
         }
         loop {
@@ -317,14 +318,14 @@ impl Consumer {
                 Poll1::Empty => {}
             }
             match deadline {
-                None => std::thread::park(),
+                None => thread::park(),
                 Some(d) => {
                     let now = Instant::now();
                     if now >= d {
                         self.forget_waiter(key);
                         return Err(RecvTimeoutError::Timeout);
                     }
-                    std::thread::park_timeout(d - now);
+                    thread::park_timeout(d - now);
                 }
             }
             self.forget_waiter(key);

@@ -6,16 +6,14 @@
 //! matchers for headers). Routing reads only the index.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-
-use parking_lot::RwLock;
 
 use crate::error::Error;
 use crate::field::FieldTable;
 use crate::headers::HeadersBinding;
 use crate::options::ExchangeKind;
 use crate::queue::Queue;
+use crate::sync::{AtomicU64, RwLock};
 use crate::topic::TopicTrie;
 
 /// Where a binding leads.

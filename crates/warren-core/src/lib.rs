@@ -47,6 +47,7 @@ mod message;
 mod options;
 mod queue;
 mod stats;
+mod sync;
 mod topic;
 mod wait;
 

@@ -35,10 +35,8 @@
 //! released, so a dead-letter cycle back into the same queue cannot deadlock.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
-
-use parking_lot::{Mutex, MutexGuard};
 
 use crate::broker::BrokerInner;
 use crate::clock::Clock;
@@ -46,6 +44,7 @@ use crate::consumer::ConsumerShared;
 use crate::field::FieldTable;
 use crate::message::Content;
 use crate::options::{Overflow, OwnerId};
+use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard};
 use crate::wait::WaitList;
 
 /// The parsed, validated settings of a queue.
@@ -244,7 +243,8 @@ impl std::ops::DerefMut for QueueGuard<'_> {
 impl Drop for QueueGuard<'_> {
     fn drop(&mut self) {
         drop(self.guard.take());
-        if self.queue.dispatch_pending.load(Ordering::SeqCst) {
+        // A read-modify-write, not a load: see `Queue::redispatch`.
+        if self.queue.dispatch_pending.swap(false, Ordering::AcqRel) {
             self.queue.redispatch();
         }
     }
@@ -324,10 +324,24 @@ impl Queue {
     /// the dispatch is left to that thread, which runs it as it unlocks.
     /// So a consumer acking at its prefetch limit never stalls behind a
     /// publisher, and never makes one wait.
+    ///
+    /// Every write to `dispatch_pending` is a read-modify-write, and that is
+    /// what makes the hand-over sound. The flag's writes form one total
+    /// order. If the holder's swap (after its unlock) comes after ours, it
+    /// reads our `true` and dispatches. If it comes before, ours reads from
+    /// it (or from a later read-modify-write in its release sequence), so the
+    /// unlock happens before our `is_locked` check, which then sees the lock
+    /// free (we retry) or taken again by a later holder (whose swap comes
+    /// after ours). With a plain store and load on each side instead (as
+    /// before), each thread could miss the other's write (a store-buffering
+    /// race, allowed by the memory model and by ARM processors) and the
+    /// dispatch was lost: a consumer at its prefetch limit that acked while
+    /// a publisher held the lock could be left with messages ready and credit
+    /// free. `tests/loom.rs` finds that race.
     pub(crate) fn redispatch(&self) {
         loop {
             if let Some(g) = self.state.try_lock() {
-                self.dispatch_pending.store(false, Ordering::SeqCst);
+                self.dispatch_pending.swap(false, Ordering::AcqRel);
                 let mut guard = QueueGuard {
                     queue: self,
                     guard: Some(g),
@@ -340,7 +354,7 @@ impl Queue {
                 self.finish(after);
                 return;
             }
-            self.dispatch_pending.store(true, Ordering::SeqCst);
+            self.dispatch_pending.swap(true, Ordering::AcqRel);
             if self.state.is_locked() {
                 // The holder will see the flag when it unlocks.
                 return;

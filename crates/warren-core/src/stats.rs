@@ -13,6 +13,8 @@ pub struct QueueStats {
     pub name: String,
     /// Ready messages.
     pub ready: u64,
+    /// Body bytes of the ready messages (what `x-max-length-bytes` bounds).
+    pub ready_bytes: u64,
     /// Delivered and not yet answered.
     pub unacked: u64,
     /// Consumers.
@@ -65,4 +67,7 @@ pub struct BrokerStats {
     pub expired: u64,
     /// Publishes that reached no queue, over all exchanges.
     pub unroutable: u64,
+    /// Body bytes of all ready messages: a cheap measure of the memory the
+    /// broker holds (what `warren-wire`'s memory alarm watches).
+    pub ready_bytes: u64,
 }

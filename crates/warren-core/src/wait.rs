@@ -5,7 +5,8 @@
 //! sync waiter parks its thread; an async waiter leaves its `Waker`.
 
 use std::task::Waker;
-use std::thread::Thread;
+
+use crate::sync::thread::{self, Thread};
 
 #[derive(Debug)]
 enum Wake {
@@ -22,7 +23,7 @@ pub(crate) struct WaitList {
 impl WaitList {
     /// Registers the current thread; returns its key.
     pub(crate) fn park_current(&mut self) -> u64 {
-        self.push(Wake::Thread(std::thread::current()))
+        self.push(Wake::Thread(thread::current()))
     }
 
     /// Registers or refreshes a task's waker under `key` (0 = new).

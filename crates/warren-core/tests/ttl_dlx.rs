@@ -246,20 +246,30 @@ fn invalid_expiration_is_406() {
         "1.5",
         " 1",
         "1e3",
-        "+5",
+        "-5",
+        "10abc",
         "99999999999999999999999",
     ] {
         let m = expiring("m", bad);
         match b.publish("", "q", m.clone()) {
             Err(PublishError::Refused { error, message }) => {
                 assert_eq!(error.reply_code(), 406, "{bad:?}");
+                assert!(
+                    error.reply_text().starts_with(&format!(
+                        "PRECONDITION_FAILED - invalid expiration '{bad}': "
+                    )),
+                    "{}",
+                    error.reply_text()
+                );
                 assert_eq!(*message, m);
             }
             other => panic!("{bad:?}: {other:?}"),
         }
     }
     assert_eq!(b.totals().enqueued, 0);
-    for good in ["0", "10", "007"] {
+    // RabbitMQ 3.10 parses with Erlang's string:to_integer: a sign is allowed
+    // ("+5", "-0" are accepted), checked against the real server.
+    for good in ["0", "10", "007", "+5", "-0"] {
         assert_eq!(b.publish("", "q", expiring("m", good)).unwrap().routed, 1);
     }
 }
@@ -720,4 +730,28 @@ fn the_timer_thread_handles_many_deadlines() {
         c.recv_timeout(WAIT).unwrap().ack();
     }
     assert_eq!(b.stats().expired, 7);
+}
+
+#[test]
+fn invalid_expiration_texts_match_rabbitmq() {
+    // Observed on RabbitMQ 3.10.8.
+    let b = Broker::new();
+    b.declare_queue("q", QueueDeclareOptions::default())
+        .unwrap();
+    for (bad, why) in [
+        ("-5", "{value_negative,-5}"),
+        ("abc", "no_integer"),
+        ("", "no_integer"),
+        (" 1", "no_integer"),
+        ("10abc", "{leftover_string,\"abc\"}"),
+        ("1.5", "{leftover_string,\".5\"}"),
+    ] {
+        let e = b.publish("", "q", expiring("m", bad)).unwrap_err();
+        assert_eq!(
+            e.error().map(|e| e.reply_text()),
+            Some(format!(
+                "PRECONDITION_FAILED - invalid expiration '{bad}': {why}"
+            ))
+        );
+    }
 }

@@ -316,7 +316,7 @@ impl RpcClient {
     /// assert!(!client.can_send_version(Version::new(4, 0)));
     /// ```
     pub fn can_send_version(&self, version: Version) -> bool {
-        self.version_cap.map_or(true, |cap| cap.can_serve(version))
+        self.version_cap.is_none_or(|cap| cap.can_serve(version))
     }
 
     fn check(

@@ -474,7 +474,7 @@ impl NotificationFilter {
     /// Whether a notification passes every rule.
     pub fn matches(&self, n: &Notification) -> bool {
         fn one(r: &Option<Regex>, v: &str) -> bool {
-            r.as_ref().map_or(true, |r| r.is_match(v))
+            r.as_ref().is_none_or(|r| r.is_match(v))
         }
         fn map(rules: &[(String, Regex)], m: &Map<String, Value>) -> bool {
             rules.iter().all(|(k, r)| {

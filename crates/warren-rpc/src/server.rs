@@ -522,7 +522,7 @@ impl RpcServer {
                 reason: "a server needs a topic",
             });
         }
-        if target.server.as_deref().map_or(true, str::is_empty) {
+        if target.server.as_deref().is_none_or(str::is_empty) {
             return Err(RpcError::InvalidTarget {
                 target: target.to_string(),
                 reason: "a server needs a server name",

@@ -692,7 +692,7 @@ impl Connection {
             (p, 0) => p,
             (p, g) => p.min(g),
         };
-        let mut options = ConsumeOptions {
+        let options = ConsumeOptions {
             consumer_tag: requested.to_owned(),
             no_ack: c.no_ack,
             exclusive: c.exclusive,
@@ -700,16 +700,9 @@ impl Connection {
             arguments: table_from_wire(&c.arguments),
             owner,
         };
-        // AMQP consumer tags are unique per channel, not per queue (two
-        // kombu connections both consume with tag "1"): if another channel
-        // uses this tag on the queue, warren-core gets a private variant.
-        let consumer = match broker.consume(&queue, options.clone()) {
-            Err(warren_core::Error::NotAllowed(_)) if !requested.is_empty() => {
-                options.consumer_tag = format!("{requested}.{generated}");
-                broker.consume(&queue, options)?
-            }
-            r => r?,
-        };
+        // AMQP consumer tags are unique per channel (checked above), not per
+        // queue: two kombu connections both consume a queue with tag "1".
+        let consumer = broker.consume(&queue, options)?;
         let tag = if requested.is_empty() {
             consumer.consumer_tag().to_owned()
         } else {

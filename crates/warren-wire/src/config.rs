@@ -134,9 +134,9 @@ pub struct MemoryWatermark {
     pub high_watermark: u64,
     /// How often to measure.
     pub interval: Duration,
-    /// How to measure. `None`: the messages ready or unacknowledged in every
-    /// virtual host times the average body size published over the wire (an
-    /// estimate: warren-core does not report bytes yet).
+    /// How to measure. `None`: the body bytes of the ready messages in every
+    /// virtual host, plus the unacknowledged ones at the average body size
+    /// published over the wire.
     pub probe: Option<MemoryProbe>,
 }
 

@@ -63,25 +63,26 @@ impl Shared {
         s
     }
 
-    /// The default memory measure: messages held (ready and unacknowledged)
-    /// in every virtual host times the average body size published over the
-    /// wire.
+    /// The default memory measure: the body bytes of every ready message in
+    /// every virtual host (exact), plus the unacknowledged ones at the
+    /// average body size published over the wire (an estimate).
     fn estimate_memory(&self) -> u64 {
         let messages = self.published_messages.load(Ordering::Relaxed);
-        if messages == 0 {
-            return 0;
-        }
-        let average = self.published_bytes.load(Ordering::Relaxed) / messages;
-        let held: u64 = self
-            .config
+        let average = self
+            .published_bytes
+            .load(Ordering::Relaxed)
+            .checked_div(messages)
+            .unwrap_or(0);
+        self.config
             .vhosts
             .values()
             .map(|b| {
-                let t = b.totals();
-                t.ready + t.unacked
+                let s = b.stats();
+                let unacked: u64 = s.queues.iter().map(|q| q.unacked).sum();
+                s.ready_bytes
+                    .saturating_add(unacked.saturating_mul(average))
             })
-            .sum();
-        held.saturating_mul(average)
+            .sum()
     }
 
     pub(crate) fn connection_opened(&self) {

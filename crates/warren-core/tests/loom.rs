@@ -1,0 +1,416 @@
+//! Model checking of the queue / consumer / acknowledgement state machine
+//! with [loom](https://docs.rs/loom): every interleaving (and every
+//! reordering the memory model allows) of a few small scenarios, run through
+//! the production code, whose primitives `src/sync.rs` swaps for loom's.
+//!
+//! ```text
+//! RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
+//!     cargo test -p warren-core --test loom --release -- --nocapture
+//! ```
+//!
+//! Each model ends by settling everything and checking that
+//! - no message is lost or duplicated: every published message is acked
+//!   exactly once in the end, and the broker's counters conserve;
+//! - no dispatch is lost: when the threads are done, a message is still ready
+//!   only if every live consumer's prefetch window is full;
+//! - `redelivered` is set exactly on the second and later showings;
+//! - nothing deadlocks (loom fails a model whose threads all block).
+//!
+//! The models use no TTL and a manual clock, so the broker starts no timer
+//! thread, and only `try_*` or blocking calls whose wake-up is the subject
+//! of the model.
+#![cfg(loom)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use loom::thread;
+use warren_core::{
+    Broker, BrokerOptions, ConsumeOptions, Consumer, Delivery, ManualClock, Overflow,
+    QueueDeclareOptions, TryRecvError,
+};
+
+/// Runs a model; prints how many executions loom explored.
+fn model(name: &str, f: impl Fn() + Sync + Send + 'static) {
+    let runs = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = runs.clone();
+    let mut builder = loom::model::Builder::new();
+    if builder.preemption_bound.is_none() {
+        // Bugs need few preemptions to show (the CHESS result); the bound
+        // keeps the larger models to seconds. `LOOM_MAX_PREEMPTIONS` overrides.
+        builder.preemption_bound = Some(3);
+    }
+    // Scheduling points per execution: setup through the broker's API takes
+    // more than loom's default of 1000.
+    builder.max_branches = builder.max_branches.max(20_000);
+    builder.check(move || {
+        counter.fetch_add(1, Ordering::Relaxed);
+        f();
+    });
+    eprintln!(
+        "loom model {name}: {} executions explored, all passed",
+        runs.load(Ordering::Relaxed)
+    );
+}
+
+fn broker(queue: QueueDeclareOptions) -> Broker {
+    let b = Broker::with_options(BrokerOptions {
+        clock: Some(ManualClock::new()),
+        ..Default::default()
+    });
+    b.declare_queue("q", queue).unwrap();
+    b
+}
+
+fn publish(b: &Broker, id: u8) {
+    let out = b.try_publish("", "q", vec![id]).unwrap();
+    assert_eq!(out.routed, 1);
+}
+
+fn consume(b: &Broker, prefetch: u32) -> Consumer {
+    b.consume(
+        "q",
+        ConsumeOptions {
+            prefetch,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+/// What the application saw: (message id, redelivered) per showing, and the
+/// ids it acked.
+#[derive(Default)]
+struct Seen {
+    shown: Vec<(u8, bool)>,
+    acked: Vec<u8>,
+}
+
+impl Seen {
+    fn show(&mut self, d: &Delivery) {
+        self.shown.push((d.body()[0], d.redelivered()));
+    }
+
+    fn ack(&mut self, d: Delivery) {
+        self.acked.push(d.body()[0]);
+        d.ack();
+    }
+
+    fn merge(&mut self, other: Seen) {
+        self.shown.extend(other.shown);
+        self.acked.extend(other.acked);
+    }
+}
+
+/// The end of every model: checks that no dispatch was lost, then answers
+/// and drops everything and checks that each of the `n` messages was acked
+/// exactly once, with `redelivered` right, and the counters conserve.
+///
+/// `live` are consumers still subscribed, with their prefetch and how many
+/// of their deliveries the model still holds unanswered; `cancelled` are
+/// consumers that may still hold dispatched deliveries.
+fn settle(
+    b: &Broker,
+    n: u8,
+    live: Vec<(Consumer, u32, Vec<Delivery>)>,
+    cancelled: Vec<Consumer>,
+    mut seen: Seen,
+) {
+    let mut out: Vec<Delivery> = Vec::new();
+    let mut full = true;
+    for (c, prefetch, held) in &live {
+        let mut outstanding = held.len();
+        while let Ok(d) = c.try_recv() {
+            seen.show(&d);
+            out.push(d);
+            outstanding += 1;
+        }
+        assert!(outstanding <= *prefetch as usize, "prefetch exceeded");
+        full &= outstanding == *prefetch as usize;
+    }
+    let ready = b.queue_stats("q").unwrap().ready;
+    assert!(
+        ready == 0 || full,
+        "lost dispatch: {ready} ready while a consumer has credit"
+    );
+    for c in &cancelled {
+        loop {
+            match c.try_recv() {
+                Ok(d) => {
+                    seen.show(&d);
+                    out.push(d);
+                }
+                Err(TryRecvError::Cancelled) => break,
+                Err(TryRecvError::Empty) => panic!("a cancelled consumer reports Empty"),
+            }
+        }
+    }
+    for (c, _, held) in live {
+        out.extend(held);
+        drop(c);
+    }
+    drop(cancelled);
+    for d in out {
+        seen.ack(d);
+    }
+    while let Some(d) = b.get("q", Default::default()).unwrap() {
+        seen.show(&d);
+        seen.ack(d);
+    }
+    let mut acked = seen.acked.clone();
+    acked.sort_unstable();
+    assert_eq!(acked, (0..n).collect::<Vec<_>>(), "each message acked once");
+    for id in 0..n {
+        let first = seen.shown.iter().filter(|&&(i, r)| i == id && !r).count();
+        assert_eq!(first, 1, "message {id}: {:?}", seen.shown);
+    }
+    let t = b.totals();
+    assert_eq!((t.enqueued, t.acked), (u64::from(n), u64::from(n)), "{t:?}");
+    assert_eq!((t.ready, t.unacked, t.consumers), (0, 0, 0), "{t:?}");
+}
+
+#[test]
+fn publish_vs_consume_vs_ack() {
+    // A publisher and a consumer at prefetch 1 that acks what it gets: the
+    // ack at the limit restarts dispatch, perhaps while the publisher holds
+    // the queue lock.
+    model("publish_vs_consume_vs_ack", || {
+        let b = broker(Default::default());
+        let c = consume(&b, 1);
+        let publisher = {
+            let b = b.clone();
+            thread::spawn(move || {
+                publish(&b, 0);
+                publish(&b, 1);
+            })
+        };
+        let consumer = thread::spawn(move || {
+            let mut seen = Seen::default();
+            for _ in 0..2 {
+                if let Ok(d) = c.try_recv() {
+                    seen.show(&d);
+                    seen.ack(d);
+                }
+            }
+            (c, seen)
+        });
+        publisher.join().unwrap();
+        let (c, seen) = consumer.join().unwrap();
+        settle(&b, 2, vec![(c, 1, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn publish_vs_consumer_drop_vs_ack() {
+    // Consumer A holds a shown delivery; one thread publishes (to A or B),
+    // one drops A (its unshown inbox goes back, unmarked), one acks the
+    // shown delivery after its consumer may be gone.
+    model("publish_vs_consumer_drop_vs_ack", || {
+        let b = broker(Default::default());
+        publish(&b, 0);
+        let a = consume(&b, 2);
+        let d0 = a.try_recv().unwrap();
+        let mut seen = Seen::default();
+        seen.show(&d0);
+        let bc = consume(&b, 1);
+        let publisher = {
+            let b = b.clone();
+            thread::spawn(move || publish(&b, 1))
+        };
+        let dropper = thread::spawn(move || drop(a));
+        let acker = thread::spawn(move || {
+            let mut seen = Seen::default();
+            seen.ack(d0);
+            seen
+        });
+        publisher.join().unwrap();
+        dropper.join().unwrap();
+        seen.merge(acker.join().unwrap());
+        settle(&b, 2, vec![(bc, 1, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn delivery_drop_requeue_vs_publish() {
+    // A delivery dropped unanswered goes back marked redelivered while a
+    // publisher adds another message and a second consumer waits for work.
+    model("delivery_drop_requeue_vs_publish", || {
+        let b = broker(Default::default());
+        publish(&b, 0);
+        let a = consume(&b, 1);
+        let d0 = a.try_recv().unwrap();
+        let mut seen = Seen::default();
+        seen.show(&d0);
+        let bc = consume(&b, 1);
+        let publisher = {
+            let b = b.clone();
+            thread::spawn(move || publish(&b, 1))
+        };
+        let dropper = thread::spawn(move || drop(d0));
+        publisher.join().unwrap();
+        dropper.join().unwrap();
+        settle(&b, 2, vec![(a, 1, vec![]), (bc, 1, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn nack_requeue_vs_cancel() {
+    // A's delivery is nacked with requeue while A is cancelled: the message
+    // goes back to A (if it still subscribes), to B, or waits in the queue
+    // only if B is full.
+    model("nack_requeue_vs_cancel", || {
+        let b = broker(Default::default());
+        publish(&b, 0);
+        let a = std::sync::Arc::new(consume(&b, 1));
+        let d0 = a.try_recv().unwrap();
+        let mut seen = Seen::default();
+        seen.show(&d0);
+        let bc = consume(&b, 1);
+        let nacker = thread::spawn(move || d0.nack(true));
+        let canceller = {
+            let a = a.clone();
+            thread::spawn(move || a.cancel())
+        };
+        nacker.join().unwrap();
+        canceller.join().unwrap();
+        let a = std::sync::Arc::into_inner(a).unwrap();
+        settle(&b, 1, vec![(bc, 1, vec![])], vec![a], seen);
+    });
+}
+
+#[test]
+fn two_consumers_prefetch_1_acks_race_redispatch() {
+    // Both consumers are at their limit with a message waiting; both ack at
+    // once. Each ack restarts dispatch with the try-lock-or-delegate
+    // `redispatch`: one runs the dispatch, the other may leave its share to
+    // it, and the waiting message must reach a freed consumer.
+    model("two_consumers_prefetch_1_acks_race_redispatch", || {
+        let b = broker(Default::default());
+        for id in 0..3 {
+            publish(&b, id);
+        }
+        let a = consume(&b, 1);
+        let bc = consume(&b, 1);
+        let mut seen = Seen::default();
+        let da = a.try_recv().unwrap();
+        let db = bc.try_recv().unwrap();
+        seen.show(&da);
+        seen.show(&db);
+        let acker_a = thread::spawn(move || {
+            let mut seen = Seen::default();
+            seen.ack(da);
+            seen
+        });
+        let acker_b = thread::spawn(move || {
+            let mut seen = Seen::default();
+            seen.ack(db);
+            seen
+        });
+        seen.merge(acker_a.join().unwrap());
+        seen.merge(acker_b.join().unwrap());
+        settle(&b, 3, vec![(a, 1, vec![]), (bc, 1, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn ack_redispatch_vs_publisher_holding_the_lock() {
+    // A consumer at its limit acks while a publisher holds the queue lock:
+    // the dispatch it delegates must be run by the publisher as it unlocks.
+    model("ack_redispatch_vs_publisher_holding_the_lock", || {
+        let b = broker(Default::default());
+        publish(&b, 0);
+        publish(&b, 1);
+        let a = consume(&b, 1);
+        let mut seen = Seen::default();
+        let d0 = a.try_recv().unwrap();
+        seen.show(&d0);
+        let acker = thread::spawn(move || {
+            let mut seen = Seen::default();
+            seen.ack(d0);
+            seen
+        });
+        let publisher = {
+            let b = b.clone();
+            thread::spawn(move || publish(&b, 2))
+        };
+        seen.merge(acker.join().unwrap());
+        publisher.join().unwrap();
+        settle(&b, 3, vec![(a, 1, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn blocking_recv_wakes_on_publish() {
+    // A receiver parked in `recv` is woken by the publish that fills its
+    // inbox (loom reports a deadlock if the wake-up is lost).
+    model("blocking_recv_wakes_on_publish", || {
+        let b = broker(Default::default());
+        let c = consume(&b, 1);
+        let receiver = thread::spawn(move || {
+            let mut seen = Seen::default();
+            let d = c.recv().unwrap();
+            seen.show(&d);
+            seen.ack(d);
+            (c, seen)
+        });
+        publish(&b, 0);
+        let (c, seen) = receiver.join().unwrap();
+        settle(&b, 1, vec![(c, 1, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn blocking_recv_vs_cancel_vs_publish() {
+    // A parked receiver returns whatever happens first: the message, or the
+    // cancellation (then the message stays in the queue).
+    model("blocking_recv_vs_cancel_vs_publish", || {
+        let b = broker(Default::default());
+        let c = std::sync::Arc::new(consume(&b, 1));
+        let receiver = {
+            let c = c.clone();
+            thread::spawn(move || {
+                let mut seen = Seen::default();
+                if let Ok(d) = c.recv() {
+                    seen.show(&d);
+                    seen.ack(d);
+                }
+                seen
+            })
+        };
+        let canceller = {
+            let c = c.clone();
+            thread::spawn(move || c.cancel())
+        };
+        publish(&b, 0);
+        let seen = receiver.join().unwrap();
+        canceller.join().unwrap();
+        let c = std::sync::Arc::into_inner(c).unwrap();
+        settle(&b, 1, vec![], vec![c], seen);
+    });
+}
+
+#[test]
+fn blocked_publisher_wakes_when_room_frees() {
+    // `block` overflow: a publisher parked on a full queue is woken when a
+    // `get` takes the head (a lost wake-up is a deadlock here: under loom a
+    // timed park waits for its unpark).
+    model("blocked_publisher_wakes_when_room_frees", || {
+        let b = broker(
+            QueueDeclareOptions::default()
+                .with_max_length(1)
+                .with_overflow(Overflow::Block),
+        );
+        publish(&b, 0);
+        let publisher = {
+            let b = b.clone();
+            thread::spawn(move || {
+                assert_eq!(b.publish("", "q", vec![1u8]).unwrap().routed, 1);
+            })
+        };
+        let mut seen = Seen::default();
+        let d = b.get("q", Default::default()).unwrap().unwrap();
+        seen.show(&d);
+        seen.ack(d);
+        publisher.join().unwrap();
+        settle(&b, 2, vec![], vec![], seen);
+    });
+}
