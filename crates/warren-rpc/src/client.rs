@@ -439,10 +439,14 @@ impl RpcClient {
                 method: method.to_owned(),
             }
         } else if remote.is_dispatcher("UnsupportedVersion") {
+            // warren-rpc servers send the version as the first argument;
+            // Python's send the whole message there: then it is the one
+            // this client sent.
             let version = remote
                 .args()
                 .first()
                 .and_then(|v| v.as_str())
+                .filter(|v| v.parse::<Version>().is_ok())
                 .map(str::to_owned)
                 .unwrap_or_else(|| self.target.version.unwrap_or(Version::DEFAULT).to_string());
             RpcError::UnsupportedVersion {

@@ -102,6 +102,24 @@ pub enum TransportError {
     /// No driver for this URL scheme (in this build).
     #[error("no transport driver for scheme '{0}'")]
     UnsupportedScheme(String),
+    /// The URL has the right scheme but cannot be used: a bad host, port or
+    /// option (the password, if any, is not repeated here).
+    #[error("invalid transport URL '{url}': {reason}")]
+    BadUrl {
+        /// The URL, password hidden.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The connection to the broker could not be made or was lost, and the
+    /// operation's connection retries ran out.
+    #[error("no connection to the broker: {0}")]
+    Connection(String),
+    /// The AMQP client or the broker reported an error that is neither a
+    /// broker refusal with a known reply code ([`TransportError::Broker`])
+    /// nor a lost connection.
+    #[error("AMQP error: {0}")]
+    Protocol(String),
     /// The broker refused an operation (declare, bind, publish).
     #[error("broker error: {0}")]
     Broker(#[from] warren_core::Error),

@@ -3,12 +3,10 @@
 use std::collections::{HashMap, HashSet};
 use std::future::poll_fn;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::Poll;
 
 use parking_lot::{Mutex, RwLock};
-use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use warren_core::{
@@ -20,15 +18,15 @@ use warren_core::{
 use crate::context::Context;
 use crate::error::TransportError;
 use crate::notify::Priority;
+use crate::shared::{bump, complete_reply, Pending, PendingGuard, Stats};
 use crate::target::Target;
 use crate::transport::{
     Acknowledger, BoxFuture, IncomingCall, IncomingNotification, ListenOptions, Listener, Reply,
     Responder, SendOptions, Transport, TransportStats,
 };
-use crate::util::{log_debug, log_warn, random_hex, BuildCounterHasher, IdGen};
+use crate::util::{log_debug, log_warn, random_hex, IdGen};
 use crate::wire::{
-    encode_reply, encode_request, read_reply, RequestFields, RpcMessage, WireNotification,
-    WireRequest,
+    encode_reply, encode_request, RequestFields, RpcMessage, WireNotification, WireRequest,
 };
 
 const DEFAULT_EXCHANGE: &str = "openstack";
@@ -44,22 +42,6 @@ fn registry() -> &'static Mutex<HashMap<String, Weak<NamedBroker>>> {
 struct NamedBroker {
     broker: Broker,
 }
-
-#[derive(Debug, Default)]
-struct Stats {
-    requests_sent: AtomicU64,
-    replies_received: AtomicU64,
-    late_replies: AtomicU64,
-    malformed: AtomicU64,
-    undeliverable_replies: AtomicU64,
-    notifications_sent: AtomicU64,
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
-}
-
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>, BuildCounterHasher>>;
 
 #[derive(Debug)]
 struct ReplyState {
@@ -320,51 +302,7 @@ async fn read_replies(
     stats: Arc<Stats>,
 ) {
     while let Ok(delivery) = consumer.recv_async().await {
-        let read = read_reply(
-            delivery.body(),
-            |msg_id, _unique_id, result, failure, ending| {
-                let outcome = match (failure, result) {
-                    (Some(f), _) => Reply::Failure(Box::new(f)),
-                    (None, Some(r)) => Reply::Result(r),
-                    (None, None) if ending => Reply::Result(RawValue::NULL.to_owned()),
-                    // A call-monitor heartbeat: nothing to hand over.
-                    (None, None) => return None,
-                };
-                Some((msg_id.and_then(|m| ids.parse(m)), outcome))
-            },
-        );
-        let (key, outcome) = match read {
-            Ok(Some(r)) => r,
-            Ok(None) => continue,
-            Err(e) => {
-                bump(&stats.malformed);
-                log_warn!("dropping a malformed reply: {}", e);
-                continue;
-            }
-        };
-        let waiter = key.and_then(|key| pending.lock().remove(&key));
-        match waiter.map(|tx| tx.send(outcome)) {
-            Some(Ok(())) => bump(&stats.replies_received),
-            _ => {
-                bump(&stats.late_replies);
-                log_debug!("dropping a reply nobody waits for: {:?}", key);
-            }
-        }
-    }
-}
-
-/// Removes a pending call's entry unless the reply reader already did.
-struct PendingGuard<'a> {
-    pending: &'a Pending,
-    key: u64,
-    armed: bool,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.pending.lock().remove(&self.key);
-        }
+        complete_reply(delivery.body(), &pending, &ids, &stats);
     }
 }
 
@@ -599,16 +537,7 @@ impl Transport for InprocTransport {
     }
 
     fn stats(&self) -> TransportStats {
-        let s = &self.stats;
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        TransportStats {
-            requests_sent: g(&s.requests_sent),
-            replies_received: g(&s.replies_received),
-            late_replies: g(&s.late_replies),
-            malformed: g(&s.malformed),
-            undeliverable_replies: g(&s.undeliverable_replies),
-            notifications_sent: g(&s.notifications_sent),
-        }
+        self.stats.snapshot()
     }
 }
 

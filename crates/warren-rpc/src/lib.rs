@@ -43,8 +43,8 @@
 //!
 //! | oslo.messaging | warren-rpc |
 //! |----------------|------------|
-//! | `get_rpc_transport(conf, url)` | [`transport_from_url`]`("inproc://name")`, [`InprocTransport::new`]`(broker)` |
-//! | driver (`impl_rabbit`, `impl_fake`) | the [`Transport`] trait (`Arc<dyn Transport>`); [`InprocTransport`] |
+//! | `get_rpc_transport(conf, url)` | [`transport_from_url`]`("inproc://name")`, [`InprocTransport::new`]`(broker)`; `transport_from_url("rabbit://...")` (feature `amqp`) |
+//! | driver (`impl_rabbit`, `impl_fake`) | the [`Transport`] trait (`Arc<dyn Transport>`); `AmqpTransport` (feature `amqp`), [`InprocTransport`] |
 //! | `Target(exchange, topic, server, fanout, namespace, version)` | [`Target`] |
 //! | version string `'3.1'`, `version_is_compatible` | [`Version`], [`Version::can_serve`] |
 //! | `RPCClient(transport, target, timeout=, version_cap=, retry=)` | [`RpcClient::new`] + `with_timeout` / `with_version_cap` / `with_retry` |
@@ -81,7 +81,26 @@
 //! | notification | control exchange, key `topic.priority` | `topic.priority` (declared on first send), or the pool's name |
 //!
 //! The bodies follow oslo's envelope (see [`WireRequest`]): a Python service
-//! on the same broker reads them, which the AMQP transport will rely on.
+//! on the same broker reads them.
+//!
+//! # Moving to RabbitMQ
+//!
+//! With the `amqp` feature, `amqp://user:pass@host:port/vhost` (or oslo's
+//! `rabbit://`, several hosts separated by commas) is a transport URL like
+//! `inproc://name`: the same clients, servers, notifiers and listeners run
+//! through a RabbitMQ cluster or `warren serve`, with oslo.messaging's
+//! exchanges, queues, declare arguments and message envelope, so that Rust
+//! and Python OpenStack services on the same broker call each other and read
+//! each other's notifications. The connection is made on first use and made
+//! again (to the next host, with backoff) when lost; see `AmqpTransport` for
+//! the URL's options and what happens during an outage.
+//!
+//! What differs from `inproc://`, because a network is in between: calls
+//! cost a broker round trip; a listener's queues are let go when it is
+//! closed (an `RpcServer::stop` waits for that), but a dropped transport
+//! finishes closing in the background; queue names cannot be listed (a
+//! server's fanout queue and a transport's reply queue also expire on
+//! their own, oslo's `x-expires`).
 //!
 //! # Where warren-rpc differs from oslo.messaging, on purpose
 //!
@@ -99,20 +118,26 @@
 //! | feature   | default | what it adds |
 //! |-----------|---------|--------------|
 //! | `tracing` | off     | logs server failures, dropped replies and malformed messages through `tracing` |
+//! | `amqp`    | off     | `AmqpTransport`: `amqp://` / `rabbit://` URLs, through the `lapin` client on Tokio (plain TCP, no TLS); needs Rust 1.88 |
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "amqp")]
+mod amqp;
 mod client;
 mod context;
 mod error;
 mod inproc;
 mod notify;
 mod server;
+mod shared;
 mod target;
 mod transport;
 mod util;
 mod wire;
 
+#[cfg(feature = "amqp")]
+pub use crate::amqp::AmqpTransport;
 pub use crate::client::{PrepareOptions, RpcClient};
 pub use crate::context::Context;
 pub use crate::error::{RemoteError, RpcError, TransportError};

@@ -237,7 +237,13 @@ impl Notifier {
         };
         for topic in self.topics.iter() {
             self.transport
-                .send_notification(self.exchange.as_deref(), topic, priority, message.clone())
+                .send_notification_with_retry(
+                    self.exchange.as_deref(),
+                    topic,
+                    priority,
+                    message.clone(),
+                    self.retry,
+                )
                 .await?;
         }
         Ok(())
@@ -891,6 +897,9 @@ async fn pump(
             }
         }
     }
+    // Let go of the queues before `stop` returns: what the listener held
+    // but had not handed out goes back.
+    listener.close().await;
 }
 
 async fn dispatch(inner: &ListenerInner, incoming: IncomingNotification) {

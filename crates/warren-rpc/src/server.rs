@@ -625,6 +625,9 @@ async fn pump(
             }
         }
     }
+    // Let go of the queues before `stop` returns: what the listener held
+    // but had not handed out goes back.
+    listener.close().await;
 }
 
 /// How one request ended.

@@ -79,6 +79,21 @@ pub trait Listener<T>: Send + fmt::Debug {
     /// Implementations must be cancel safe: dropping the future loses no
     /// message.
     fn recv(&mut self) -> BoxFuture<'_, Result<T, TransportError>>;
+
+    /// Stops the listener and waits until it let go of what it held:
+    /// messages it had not handed out are back in their queues, a server's
+    /// fanout queue is deleted. Dropping a listener does the same, except
+    /// that a transport with a connection to tear down finishes in the
+    /// background. The default drops it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the listener to finish closing in the
+    /// background.
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        drop(self);
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// Sends the reply to one call.
@@ -138,6 +153,9 @@ pub struct TransportStats {
     pub undeliverable_replies: u64,
     /// Notifications sent.
     pub notifications_sent: u64,
+    /// Connections to the broker re-established after a loss (always 0 for
+    /// `inproc`).
+    pub reconnects: u64,
 }
 
 /// A messaging driver: sends and listens (oslo's `BaseDriver`).
@@ -152,10 +170,12 @@ pub struct TransportStats {
 ///
 /// The trait is object safe: clients and servers hold an
 /// `Arc<dyn Transport>`, and the async methods return boxed futures.
-/// Implemented by [`InprocTransport`](crate::InprocTransport); an AMQP
-/// driver implements the same trait.
+/// Implemented by [`InprocTransport`](crate::InprocTransport) and, with the
+/// `amqp` feature, by `AmqpTransport` (RabbitMQ and other AMQP 0-9-1
+/// brokers).
 pub trait Transport: Send + Sync + fmt::Debug + 'static {
-    /// The transport URL (`inproc://name`).
+    /// The transport URL (`inproc://name`; an `amqp://` URL with its
+    /// passwords hidden).
     fn url(&self) -> &str;
 
     /// The control exchange used when a target names none (`openstack`).
@@ -197,6 +217,25 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         message: WireNotification,
     ) -> BoxFuture<'a, Result<(), TransportError>>;
 
+    /// [`send_notification`](Self::send_notification) with a connection
+    /// retry limit, for drivers that have a connection to lose (`None`:
+    /// without limit, as oslo's notifier). The default ignores `retry`.
+    ///
+    /// # Errors
+    ///
+    /// As [`send_notification`](Self::send_notification).
+    fn send_notification_with_retry<'a>(
+        &'a self,
+        exchange: Option<&'a str>,
+        topic: &'a str,
+        priority: Priority,
+        message: WireNotification,
+        retry: Option<u32>,
+    ) -> BoxFuture<'a, Result<(), TransportError>> {
+        let _ = retry;
+        self.send_notification(exchange, topic, priority, message)
+    }
+
     /// Listens as the server `target.server` on `target.topic`: queues
     /// `topic` and `topic.server`, and a fresh fanout queue.
     ///
@@ -234,13 +273,16 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 /// | scheme      | driver |
 /// |-------------|--------|
 /// | `inproc://name` | [`InprocTransport::named`](crate::InprocTransport::named): the process-wide broker called `name` |
+/// | `amqp://user:pass@host:port/vhost`, `rabbit://...` | `AmqpTransport::from_url` (feature `amqp`): a RabbitMQ cluster, `warren serve`, any AMQP 0-9-1 broker |
 ///
-/// `amqp://` (RabbitMQ and other AMQP 0-9-1 brokers) is not in this build.
+/// Without the `amqp` feature, `amqp://` and `rabbit://` are unsupported
+/// schemes.
 ///
 /// # Errors
 ///
 /// [`TransportError::InvalidUrl`] for a URL without `://`,
-/// [`TransportError::UnsupportedScheme`] for another scheme.
+/// [`TransportError::UnsupportedScheme`] for another scheme,
+/// [`TransportError::BadUrl`] for an `amqp://` URL that cannot be used.
 ///
 /// # Examples
 ///
@@ -257,6 +299,8 @@ pub fn transport_from_url(url: &str) -> Result<Arc<dyn Transport>, TransportErro
     };
     match scheme {
         "inproc" => Ok(Arc::new(crate::inproc::InprocTransport::from_url(url)?)),
+        #[cfg(feature = "amqp")]
+        "amqp" | "rabbit" | "amqps" => Ok(Arc::new(crate::amqp::AmqpTransport::from_url(url)?)),
         other => Err(TransportError::UnsupportedScheme(other.to_owned())),
     }
 }

@@ -421,6 +421,8 @@ fn public_types_are_send_and_sync() {
     send_sync::<Notifier>();
     send_sync::<warren_rpc::NotificationListener>();
     send_sync::<InprocTransport>();
+    #[cfg(feature = "amqp")]
+    send_sync::<warren_rpc::AmqpTransport>();
     send_sync::<Arc<dyn Transport>>();
     send_sync::<RpcError>();
     send_sync::<Context>();

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# CI step: warren-rpc's AMQP transport against a real RabbitMQ, and against
+# Python oslo.messaging (interop both ways). Called from .ci/run as
+#
+#     bash tests/python/oslo/ci.sh
+#
+# 1. installs rabbitmq-server if missing (apt-get); if it cannot be
+#    installed, says so and skips this step (exit 0): nothing else depends
+#    on it;
+# 2. makes a venv with oslo.messaging under target/ci-venv (pip, PyPI); if
+#    that fails, the Python interop tests are skipped (they say so) and the
+#    rest runs;
+# 3. starts a private RabbitMQ node on 127.0.0.1:5673
+#    (tests/python/oslo/rabbitmq.sh), runs
+#    `cargo test -p warren-rpc --features amqp` against it, stops it.
+#
+# Settings: OSLO_MESSAGING_VERSION (default 18.3.1, the version warren-rpc's
+# wire format is checked against), WARREN_RMQ_PORT (5673).
+set -euo pipefail
+cd "$(dirname "$0")/../../.."
+ROOT="$PWD"
+start=$(date +%s)
+say() { echo "== warren-rpc over AMQP: $* ($(($(date +%s) - start))s)"; }
+
+have_rabbitmq() { command -v rabbitmq-server >/dev/null 2>&1 && command -v rabbitmqctl >/dev/null 2>&1; }
+
+if ! have_rabbitmq; then
+    say "installing rabbitmq-server"
+    if command -v apt-get >/dev/null 2>&1; then
+        (
+            export DEBIAN_FRONTEND=noninteractive
+            apt-get update -qq && apt-get install -y -qq rabbitmq-server >/dev/null
+        ) || echo "apt-get could not install rabbitmq-server"
+    else
+        echo "no apt-get here"
+    fi
+fi
+if ! have_rabbitmq; then
+    say "SKIPPED: RabbitMQ is not installed and could not be; the AMQP and oslo.messaging tests of warren-rpc did NOT run"
+    exit 0
+fi
+
+VENV="$ROOT/target/ci-venv"
+OSLO="${OSLO_MESSAGING_VERSION:-18.3.1}"
+python_ok=0
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import oslo_messaging" 2>/dev/null; then
+    python_ok=1
+else
+    say "python venv with oslo.messaging==$OSLO ($VENV)"
+    if python3 -m venv "$VENV" &&
+        "$VENV/bin/pip" install -q --disable-pip-version-check "oslo.messaging==$OSLO"; then
+        python_ok=1
+    else
+        echo "could not make the venv; the oslo.messaging interop tests will be skipped"
+    fi
+fi
+
+say "starting RabbitMQ"
+tests/python/oslo/rabbitmq.sh start
+trap 'tests/python/oslo/rabbitmq.sh stop || true' EXIT
+
+export WARREN_TEST_AMQP_URL="$(tests/python/oslo/rabbitmq.sh url)"
+export WARREN_TEST_AMQP_KILL_CMD="$ROOT/tests/python/oslo/rabbitmq.sh close-connections"
+if [ "$python_ok" = 1 ]; then
+    export WARREN_TEST_PYTHON="$VENV/bin/python"
+fi
+
+say "cargo test -p warren-rpc --features amqp (broker $WARREN_TEST_AMQP_URL, python ${WARREN_TEST_PYTHON:-none})"
+cargo test -p warren-rpc --features amqp
+
+say "done"
