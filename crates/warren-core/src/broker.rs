@@ -234,9 +234,16 @@ impl fmt::Debug for BrokerInner {
 
 impl Drop for BrokerInner {
     fn drop(&mut self) {
-        let mut t = self.timer.state.lock();
-        t.shutdown = true;
-        self.timer.cv.notify_all();
+        {
+            let mut t = self.timer.state.lock();
+            t.shutdown = true;
+            self.timer.cv.notify_all();
+        }
+        // Break the cycles exchange-to-exchange bindings may form, or those
+        // exchanges (and the queues they lead to) would never be freed.
+        for x in self.exchanges.read().values() {
+            x.bindings.write().clear();
+        }
     }
 }
 
@@ -1917,5 +1924,35 @@ fn timer_thread(timer: Arc<Timer>, broker: Weak<BrokerInner>, clock: Clock) {
                 b.run_queue_timer(&q);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropping_the_broker_frees_exchange_binding_cycles() {
+        let b = Broker::new();
+        for x in ["a", "b"] {
+            b.declare_exchange(x, ExchangeKind::Topic, Default::default())
+                .unwrap();
+        }
+        b.declare_queue("q", QueueDeclareOptions::default())
+            .unwrap();
+        let none = FieldTable::new();
+        b.bind_exchange("a", "a", "#", &none).unwrap();
+        b.bind_exchange("b", "a", "#", &none).unwrap();
+        b.bind_exchange("a", "b", "#", &none).unwrap();
+        b.bind_queue("q", "b", "#", &none).unwrap();
+        let weak = |x: &str| Arc::downgrade(&b.inner.exchange(x).unwrap());
+        let (a, x) = (weak("a"), weak("b"));
+        let q = Arc::downgrade(&b.inner.queue("q").unwrap());
+        drop(b);
+        assert!(
+            a.upgrade().is_none() && x.upgrade().is_none(),
+            "exchanges leaked"
+        );
+        assert!(q.upgrade().is_none(), "queue leaked");
     }
 }

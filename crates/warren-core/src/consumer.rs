@@ -290,6 +290,7 @@ impl Consumer {
         self.recv_deadline(Some(Instant::now() + timeout))
     }
 
+    #[cfg_attr(loom, allow(clippy::reversed_empty_ranges))] // no spinning under loom
     fn recv_deadline(&self, deadline: Option<Instant>) -> Result<Delivery, RecvTimeoutError> {
         // Spin, then yield, before parking (as crossbeam's `Backoff` does): a
         // publisher on another core usually delivers within a few hundred

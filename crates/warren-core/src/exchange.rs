@@ -118,6 +118,19 @@ impl Bindings {
         })
     }
 
+    /// Forgets every binding. For a broker going away: exchange-to-exchange
+    /// bindings may form cycles (an exchange bound to itself, or `a` to `b`
+    /// to `a`) that reference counting alone never frees.
+    pub(crate) fn clear(&mut self) {
+        self.list.clear();
+        match &mut self.index {
+            Index::Direct(m) => m.clear(),
+            Index::Fanout(v) => v.clear(),
+            Index::Topic(t) => *t = TopicTrie::new(),
+            Index::Headers(v) => v.clear(),
+        }
+    }
+
     /// Removes one binding; false if there was no such binding.
     pub(crate) fn remove(&mut self, dest: u64, routing_key: &str, arguments: &FieldTable) -> bool {
         let Some(at) = self.position(dest, routing_key, arguments) else {

@@ -332,12 +332,12 @@ impl Queue {
     /// it (or from a later read-modify-write in its release sequence), so the
     /// unlock happens before our `is_locked` check, which then sees the lock
     /// free (we retry) or taken again by a later holder (whose swap comes
-    /// after ours). With a plain store and load on each side instead (as
-    /// before), each thread could miss the other's write (a store-buffering
-    /// race, allowed by the memory model and by ARM processors) and the
-    /// dispatch was lost: a consumer at its prefetch limit that acked while
-    /// a publisher held the lock could be left with messages ready and credit
-    /// free. `tests/loom.rs` finds that race.
+    /// after ours). With a plain store and a plain load instead, each thread
+    /// may miss the other's write (a store-buffering race, which the memory
+    /// model and ARM processors allow) and the dispatch is lost: a consumer
+    /// at its prefetch limit that acks while a publisher holds the lock is
+    /// left with credit free and messages ready. `tests/loom.rs` finds that
+    /// race if the swaps are made plain again.
     pub(crate) fn redispatch(&self) {
         loop {
             if let Some(g) = self.state.try_lock() {

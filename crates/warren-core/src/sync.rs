@@ -8,6 +8,9 @@
 //! small scenarios through the production code of queues, consumers and
 //! acknowledgements.
 //!
+//! `thread_local!` is routed too: loom runs all its threads on one OS thread,
+//! and the broker's publish scratch space is borrowed across locks.
+//!
 //! Not routed through here, on purpose:
 //! - `Arc` and `Weak`: loom's `Arc` has no `Weak` nor `new_cyclic`, which the
 //!   broker needs. Reference counting is `std`'s to get right, and the one
@@ -65,8 +68,8 @@ mod loom_shim {
     use loom::sync::atomic::AtomicBool;
 
     /// A mutex with `parking_lot`'s API. `is_locked` reads a flag kept next
-    /// to loom's mutex the way `parking_lot` reads its lock word: a relaxed
-    /// load, set by the holder after it acquires and cleared (release)
+    /// to loom's mutex the way `parking_lot` reads its lock word (a relaxed
+    /// load), set by the holder after it acquires and cleared (release)
     /// before it releases.
     pub(crate) struct Mutex<T> {
         inner: loom::sync::Mutex<T>,
@@ -112,8 +115,14 @@ mod loom_shim {
             }
         }
 
+        /// The flag may read stale, as `parking_lot`'s lock word may: a
+        /// stale "locked" is what a caller must be ready for, and the model
+        /// explores it. A "free" answer is checked against loom's mutex, so
+        /// the flag's own windows (set just after acquiring, cleared just
+        /// before releasing) cannot send a caller round a retry loop while
+        /// the holder never runs.
         pub(crate) fn is_locked(&self) -> bool {
-            self.locked.load(Ordering::Relaxed)
+            self.locked.load(Ordering::Relaxed) || self.inner.try_lock().is_err()
         }
     }
 
