@@ -58,6 +58,10 @@ fn gated(gate: Arc<Semaphore>, started: mpsc::UnboundedSender<u64>, gauge: Arc<G
 }
 
 /// Adds `n` permits to `gate` once every other task waits.
+///
+/// Not a sleep to let things settle: these tests run on tokio's paused clock
+/// (`start_paused = true`), which auto-advances only when every task is idle,
+/// so this timer fires exactly at the event "nothing else can make progress".
 fn release_when_idle(gate: &Arc<Semaphore>, n: usize) {
     let gate = gate.clone();
     tokio::spawn(async move {
