@@ -2,8 +2,17 @@
 //!
 //! - `confirms`: 1000 publishes of 64 bytes in flight under publisher
 //!   confirms, until every ack is in;
-//! - `pubsub`: 1000 publishes received by a no-ack consumer on another
+//! - `confirms_4conn`: the same 1000 confirmed publishes split over 4
+//!   client connections publishing in parallel (is one lapin connection the
+//!   bottleneck?);
+//! - `auto_ack`: 1000 publishes received by a no-ack consumer on another
 //!   connection;
+//! - `manual_ack`: 2000 publishes of 16 bytes received by a consumer with
+//!   basic.qos prefetch 1000 that acks each delivery;
+//! - `topic_1000`: 1000 publishes to a topic exchange with 1000 wildcard
+//!   bindings (seeded random 3–5 word patterns over a 50-word vocabulary,
+//!   ~10% `*`, ~5% `#`) onto 10 queues, consumed (no-ack) from all 10; each
+//!   key instantiates a random binding, so every message is routed somewhere;
 //! - `roundtrip`: 100 sequential publish → deliver round trips.
 //!
 //! The baseline is RabbitMQ, measured in the same run, rounds interleaved;
@@ -20,9 +29,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use futures_lite::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use tokio::runtime::Runtime;
 use warren_core::Broker;
 use warren_wire::{Server, ServerConfig};
@@ -30,6 +41,101 @@ use warren_wire::{Server, ServerConfig};
 const BATCH: usize = 1000;
 const ROUNDTRIPS: usize = 100;
 const BODY: [u8; 64] = [7; 64];
+const BODY16: [u8; 16] = [7; 16];
+const MANUAL: usize = 2000;
+const PREFETCH: u16 = 1000;
+const PAR_CONNS: usize = 4;
+const TOPIC_BINDINGS: usize = 1000;
+const TOPIC_QUEUES: usize = 10;
+const TOPIC_VOCAB: usize = 50;
+
+/// A small seeded PRNG (xorshift64*), so both targets get the same topology.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// AMQP topic matching: `*` is exactly one word, `#` zero or more.
+fn topic_matches(p: &[&str], k: &[&str]) -> bool {
+    match p.split_first() {
+        None => k.is_empty(),
+        Some((&"#", rest)) => (0..=k.len()).any(|i| topic_matches(rest, &k[i..])),
+        Some((&"*", rest)) => !k.is_empty() && topic_matches(rest, &k[1..]),
+        Some((w, rest)) => k.first() == Some(w) && topic_matches(rest, &k[1..]),
+    }
+}
+
+/// The `topic_1000` topology and traffic, the same for every target.
+struct TopicSpec {
+    /// (pattern, queue index)
+    bindings: Vec<(String, usize)>,
+    keys: Vec<String>,
+    /// Deliveries the keys produce over all queues (one per matching queue).
+    deliveries: usize,
+}
+
+fn topic_spec() -> TopicSpec {
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let vocab: Vec<String> = (0..TOPIC_VOCAB).map(|i| format!("w{i:02}")).collect();
+    let bindings: Vec<(String, usize)> = (0..TOPIC_BINDINGS)
+        .map(|_| {
+            let len = 3 + rng.below(3);
+            let words: Vec<&str> = (0..len)
+                .map(|_| match rng.below(100) {
+                    0..=9 => "*",
+                    10..=14 => "#",
+                    _ => vocab[rng.below(TOPIC_VOCAB)].as_str(),
+                })
+                .collect();
+            (words.join("."), rng.below(TOPIC_QUEUES))
+        })
+        .collect();
+    let keys: Vec<String> = (0..BATCH)
+        .map(|_| {
+            let (pattern, _) = &bindings[rng.below(bindings.len())];
+            let mut words: Vec<&str> = Vec::new();
+            for w in pattern.split('.') {
+                match w {
+                    "*" => words.push(&vocab[rng.below(TOPIC_VOCAB)]),
+                    "#" => {
+                        for _ in 0..rng.below(3) {
+                            words.push(&vocab[rng.below(TOPIC_VOCAB)]);
+                        }
+                    }
+                    w => words.push(w),
+                }
+            }
+            words.join(".")
+        })
+        .collect();
+    let deliveries = keys
+        .iter()
+        .map(|k| {
+            let k: Vec<&str> = k.split('.').collect();
+            let mut hit = [false; TOPIC_QUEUES];
+            for (p, q) in &bindings {
+                if !hit[*q] && topic_matches(&p.split('.').collect::<Vec<_>>(), &k) {
+                    hit[*q] = true;
+                }
+            }
+            hit.iter().filter(|h| **h).count()
+        })
+        .sum();
+    TopicSpec {
+        bindings,
+        keys,
+        deliveries,
+    }
+}
 
 struct Target {
     name: &'static str,
@@ -37,9 +143,16 @@ struct Target {
     consumer_conn: Connection,
     _conn: Connection,
     queue: String,
+    /// Confirm-mode channels, one per extra connection, for `confirms_4conn`.
+    par: Vec<Channel>,
+    _par_conns: Vec<Connection>,
+    topic_exchange: String,
+    topic_queues: Vec<String>,
+    topic_keys: Vec<String>,
+    topic_deliveries: usize,
 }
 
-async fn target(name: &'static str, url: &str, tag: &str) -> Target {
+async fn target(name: &'static str, url: &str, tag: &str, spec: &TopicSpec) -> Target {
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .expect("connect");
@@ -59,21 +172,81 @@ async fn target(name: &'static str, url: &str, tag: &str) -> Target {
         )
         .await
         .expect("declare");
+    let mut par = Vec::new();
+    let mut par_conns = Vec::new();
+    for _ in 0..PAR_CONNS {
+        let c = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .expect("connect");
+        let ch = c.create_channel().await.expect("channel");
+        ch.confirm_select(Default::default())
+            .await
+            .expect("confirms");
+        par.push(ch);
+        par_conns.push(c);
+    }
+    // The topic topology, declared once, outside any timed region.
+    let topic_exchange = format!("bench-topic-{tag}-{}", std::process::id());
+    publisher
+        .exchange_declare(
+            topic_exchange.as_str().into(),
+            ExchangeKind::Topic,
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("exchange declare");
+    let topic_queues: Vec<String> = (0..TOPIC_QUEUES)
+        .map(|i| format!("{topic_exchange}-q{i}"))
+        .collect();
+    for q in &topic_queues {
+        publisher
+            .queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+            .await
+            .expect("declare");
+    }
+    for (pattern, q) in &spec.bindings {
+        publisher
+            .queue_bind(
+                topic_queues[*q].as_str().into(),
+                topic_exchange.as_str().into(),
+                pattern.as_str().into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+    }
     Target {
         name,
         publisher,
         consumer_conn,
         _conn: conn,
         queue,
+        par,
+        _par_conns: par_conns,
+        topic_exchange,
+        topic_queues,
+        topic_keys: spec.keys.clone(),
+        topic_deliveries: spec.deliveries,
     }
 }
 
 async fn publish(ch: &Channel, queue: &str) -> lapin::PublisherConfirm {
+    publish_to(ch, "", queue, &BODY).await
+}
+
+async fn publish_to(
+    ch: &Channel,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+) -> lapin::PublisherConfirm {
     ch.basic_publish(
-        "".into(),
-        queue.into(),
+        exchange.into(),
+        key.into(),
         BasicPublishOptions::default(),
-        &BODY,
+        body,
         BasicProperties::default(),
     )
     .await
@@ -97,8 +270,116 @@ async fn confirms(t: &Target, ch: &Channel) -> Duration {
     d
 }
 
-/// `BATCH` publishes received by a consumer on another connection.
-async fn pubsub(t: &Target) -> Duration {
+/// `BATCH` publishes split over `PAR_CONNS` connections publishing in
+/// parallel, each under confirms.
+async fn confirms_par(t: &Target) -> Duration {
+    let start = Instant::now();
+    let tasks: Vec<_> = t
+        .par
+        .iter()
+        .map(|ch| {
+            let (ch, queue) = (ch.clone(), t.queue.clone());
+            tokio::spawn(async move {
+                let mut pending = Vec::with_capacity(BATCH / PAR_CONNS);
+                for _ in 0..BATCH / PAR_CONNS {
+                    pending.push(publish(&ch, &queue).await);
+                }
+                for p in pending {
+                    p.await.expect("confirm");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("publisher task");
+    }
+    let d = start.elapsed();
+    t.publisher
+        .queue_purge(t.queue.as_str().into(), Default::default())
+        .await
+        .expect("purge");
+    d
+}
+
+/// `MANUAL` 16-byte publishes received by a prefetch-limited consumer on
+/// another connection that acks each delivery.
+async fn manual_ack(t: &Target) -> Duration {
+    let cch = t.consumer_conn.create_channel().await.expect("channel");
+    cch.basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = cch
+        .basic_consume(
+            t.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let start = Instant::now();
+    for _ in 0..MANUAL {
+        publish_to(&t.publisher, "", &t.queue, &BODY16).await;
+    }
+    for _ in 0..MANUAL {
+        let d = consumer.next().await.expect("delivery").expect("delivery");
+        d.ack(BasicAckOptions::default()).await.expect("ack");
+    }
+    let d = start.elapsed();
+    cch.close(200, "done".into()).await.expect("close");
+    d
+}
+
+/// `BATCH` publishes with random keys to the 1000-binding topic exchange,
+/// consumed (no-ack) from its 10 queues.
+async fn topic(t: &Target) -> Duration {
+    let cch = t.consumer_conn.create_channel().await.expect("channel");
+    let mut merged: Option<futures_lite::stream::Boxed<lapin::Result<lapin::message::Delivery>>> =
+        None;
+    for q in &t.topic_queues {
+        let c = cch
+            .basic_consume(
+                q.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        merged = Some(match merged {
+            None => c.boxed(),
+            Some(m) => m.or(c).boxed(),
+        });
+    }
+    let mut merged = merged.expect("queues");
+    let start = Instant::now();
+    for key in &t.topic_keys {
+        publish_to(&t.publisher, &t.topic_exchange, key, &BODY).await;
+    }
+    let mut got = 0;
+    let drained = tokio::time::timeout(Duration::from_secs(30), async {
+        while got < t.topic_deliveries {
+            merged.next().await.expect("delivery").expect("delivery");
+            got += 1;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        panic!(
+            "{}: topic_1000 got {got} of {} deliveries",
+            t.name, t.topic_deliveries
+        );
+    }
+    let d = start.elapsed();
+    cch.close(200, "done".into()).await.expect("close");
+    d
+}
+
+/// `BATCH` publishes received by a no-ack consumer on another connection.
+async fn auto_ack(t: &Target) -> Duration {
     let cch = t.consumer_conn.create_channel().await.expect("channel");
     let mut consumer = cch
         .basic_consume(
@@ -149,6 +430,21 @@ async fn roundtrip(t: &Target) -> Duration {
     d
 }
 
+type Workload = for<'a> fn(
+    &'a Target,
+    &'a Channel,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + 'a>>;
+
+/// (name, messages per run, workload), in report order.
+const WORKLOADS: [(&str, usize, Workload); 6] = [
+    ("confirms", BATCH, |t, ch| Box::pin(confirms(t, ch))),
+    ("confirms_4conn", BATCH, |t, _| Box::pin(confirms_par(t))),
+    ("auto_ack", BATCH, |t, _| Box::pin(auto_ack(t))),
+    ("manual_ack", MANUAL, |t, _| Box::pin(manual_ack(t))),
+    ("topic_1000", BATCH, |t, _| Box::pin(topic(t))),
+    ("roundtrip", ROUNDTRIPS, |t, _| Box::pin(roundtrip(t))),
+];
+
 fn median(v: &mut [Duration]) -> Duration {
     v.sort_unstable();
     v[v.len() / 2]
@@ -171,9 +467,10 @@ fn main() {
     if rabbit_url.is_none() {
         eprintln!("WARREN_RABBITMQ_ADDR not set: measuring warren only, no ratio");
     }
-    let mut targets = vec![rt.block_on(target("warren", &warren_url, "w"))];
+    let spec = topic_spec();
+    let mut targets = vec![rt.block_on(target("warren", &warren_url, "w", &spec))];
     if let Some(url) = &rabbit_url {
-        targets.push(rt.block_on(target("rabbitmq", url, "r")));
+        targets.push(rt.block_on(target("rabbitmq", url, "r", &spec)));
     }
     let confirm_channels: Vec<Channel> = targets
         .iter()
@@ -189,32 +486,12 @@ fn main() {
         .collect();
 
     let mut c = Criterion::default().configure_from_args().sample_size(10);
-    {
-        let mut g = c.benchmark_group("confirms");
-        g.throughput(Throughput::Elements(BATCH as u64));
+    for (name, n, w) in WORKLOADS {
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Elements(n as u64));
         for (t, ch) in targets.iter().zip(&confirm_channels) {
             g.bench_function(t.name, |b| {
-                b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(confirms(t, ch))).sum())
-            });
-        }
-        g.finish();
-    }
-    {
-        let mut g = c.benchmark_group("pubsub");
-        g.throughput(Throughput::Elements(BATCH as u64));
-        for t in &targets {
-            g.bench_function(t.name, |b| {
-                b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(pubsub(t))).sum())
-            });
-        }
-        g.finish();
-    }
-    {
-        let mut g = c.benchmark_group("roundtrip");
-        g.throughput(Throughput::Elements(ROUNDTRIPS as u64));
-        for t in &targets {
-            g.bench_function(t.name, |b| {
-                b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(roundtrip(t))).sum())
+                b.iter_custom(|iters| (0..iters).map(|_| rt.block_on(w(t, ch))).sum())
             });
         }
         g.finish();
@@ -227,18 +504,7 @@ fn main() {
         println!(
             "\nwarren / RabbitMQ (median of {rounds} interleaved rounds; below 1 = warren faster)"
         );
-        type Workload = for<'a> fn(
-            &'a Target,
-            &'a Channel,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Duration> + 'a>,
-        >;
-        let workloads: [(&str, Workload); 3] = [
-            ("confirms", |t, ch| Box::pin(confirms(t, ch))),
-            ("pubsub", |t, _| Box::pin(pubsub(t))),
-            ("roundtrip", |t, _| Box::pin(roundtrip(t))),
-        ];
-        for (name, w) in workloads {
+        for (name, _, w) in WORKLOADS {
             let mut a = Vec::new();
             let mut b = Vec::new();
             for _ in 0..rounds {
@@ -247,7 +513,7 @@ fn main() {
             }
             let (ta, tb) = (median(&mut a), median(&mut b));
             println!(
-                "  {name:<10} warren {:>9.2?}  rabbitmq {:>9.2?}  ratio {:.2}",
+                "  {name:<14} warren {:>9.2?}  rabbitmq {:>9.2?}  ratio {:.2}",
                 ta,
                 tb,
                 ta.as_secs_f64() / tb.as_secs_f64()
@@ -258,6 +524,16 @@ fn main() {
         let _ = rt.block_on(
             t.publisher
                 .queue_delete(t.queue.as_str().into(), Default::default()),
+        );
+        for q in &t.topic_queues {
+            let _ = rt.block_on(
+                t.publisher
+                    .queue_delete(q.as_str().into(), Default::default()),
+            );
+        }
+        let _ = rt.block_on(
+            t.publisher
+                .exchange_delete(t.topic_exchange.as_str().into(), Default::default()),
         );
     }
     rt.block_on(server.shutdown());
