@@ -18,7 +18,9 @@ use warren_core::{
 use crate::context::Context;
 use crate::error::TransportError;
 use crate::notify::Priority;
-use crate::shared::{bump, complete_reply, Pending, PendingGuard, Stats};
+use crate::shared::{
+    bump, complete_reply, request_route, Pending, PendingGuard, RequestRoute, Stats,
+};
 use crate::target::Target;
 use crate::transport::{
     Acknowledger, BoxFuture, IncomingCall, IncomingNotification, ListenOptions, Listener, Reply,
@@ -323,24 +325,12 @@ impl Transport for InprocTransport {
         options: SendOptions,
     ) -> BoxFuture<'a, Result<Option<Reply>, TransportError>> {
         Box::pin(async move {
-            let fanout_name;
-            let server_key;
-            let (exchange, kind, routing_key) = if target.fanout {
-                fanout_name = format!("{}_fanout", target.topic);
-                (fanout_name.as_str(), ExchangeKind::Fanout, "")
-            } else {
-                let key = match &target.server {
-                    Some(s) => {
-                        let mut k = String::with_capacity(target.topic.len() + 1 + s.len());
-                        k.push_str(&target.topic);
-                        k.push('.');
-                        k.push_str(s);
-                        server_key = k;
-                        server_key.as_str()
-                    }
-                    None => target.topic.as_str(),
-                };
-                (self.exchange_for(target), ExchangeKind::Topic, key)
+            let route = request_route(target);
+            let (exchange, kind, routing_key) = match &route {
+                RequestRoute::Fanout(x) => (x.as_str(), ExchangeKind::Fanout, ""),
+                RequestRoute::Topic(k) => {
+                    (self.exchange_for(target), ExchangeKind::Topic, k.as_ref())
+                }
             };
             self.ensure_exchange(exchange, kind)?;
             let (_, unique_id) = self.ids.next();

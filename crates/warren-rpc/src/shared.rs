@@ -93,3 +93,29 @@ pub(crate) fn complete_reply(body: &[u8], pending: &Pending, ids: &IdGen, stats:
         }
     }
 }
+
+/// Where oslo's rabbit driver sends a request for a target.
+pub(crate) enum RequestRoute<'a> {
+    /// Fanout: exchange `<topic>_fanout`, routing key `""`.
+    Fanout(String),
+    /// The target's topic exchange, routing key `topic` or `topic.server`.
+    Topic(std::borrow::Cow<'a, str>),
+}
+
+/// The route of a request for `target`, as oslo's rabbit driver lays it out
+/// (shared by every transport, so they cannot drift apart).
+pub(crate) fn request_route(target: &crate::Target) -> RequestRoute<'_> {
+    if target.fanout {
+        return RequestRoute::Fanout(format!("{}_fanout", target.topic));
+    }
+    match &target.server {
+        Some(s) => {
+            let mut k = String::with_capacity(target.topic.len() + 1 + s.len());
+            k.push_str(&target.topic);
+            k.push('.');
+            k.push_str(s);
+            RequestRoute::Topic(k.into())
+        }
+        None => RequestRoute::Topic(target.topic.as_str().into()),
+    }
+}

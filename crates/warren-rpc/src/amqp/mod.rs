@@ -16,7 +16,7 @@ use self::listen::{ExchangeSpec, QueueSpec, Sink, Subscription, Topology};
 use crate::context::Context;
 use crate::error::TransportError;
 use crate::notify::Priority;
-use crate::shared::{bump, Pending, PendingGuard};
+use crate::shared::{bump, request_route, Pending, PendingGuard, RequestRoute};
 use crate::target::Target;
 use crate::transport::{
     BoxFuture, IncomingCall, IncomingNotification, ListenOptions, Listener, Reply, SendOptions,
@@ -440,25 +440,21 @@ impl Transport for AmqpTransport {
         options: SendOptions,
     ) -> BoxFuture<'a, Result<Option<Reply>, TransportError>> {
         Box::pin(async move {
-            let fanout_name;
-            let server_key;
-            let (exchange, declare, routing_key) = if target.fanout {
-                fanout_name = format!("{}_fanout", target.topic);
-                let decl = ExchangeDecl {
-                    kind: ExchangeKind::Fanout,
-                    durable: false,
-                    auto_delete: true,
-                };
-                (fanout_name.as_str(), decl, "")
-            } else {
-                let key = match &target.server {
-                    Some(s) => {
-                        server_key = format!("{}.{s}", target.topic);
-                        server_key.as_str()
-                    }
-                    None => target.topic.as_str(),
-                };
-                (self.exchange_for(target), self.control_exchange_decl(), key)
+            let route = request_route(target);
+            let (exchange, declare, routing_key) = match &route {
+                RequestRoute::Fanout(x) => {
+                    let decl = ExchangeDecl {
+                        kind: ExchangeKind::Fanout,
+                        durable: false,
+                        auto_delete: true,
+                    };
+                    (x.as_str(), decl, "")
+                }
+                RequestRoute::Topic(k) => (
+                    self.exchange_for(target),
+                    self.control_exchange_decl(),
+                    k.as_ref(),
+                ),
             };
             let (_, unique_id) = self.shared.ids.next();
             bump(&self.shared.stats.requests_sent);
