@@ -44,7 +44,7 @@ use crate::options::{
     BrokerOptions, ConsumeOptions, ExchangeDeclareOptions, ExchangeKind, GetOptions, Overflow,
     OwnerId, QueueDeclareOk, QueueDeclareOptions, QueueDeleteOptions,
 };
-use crate::queue::{AfterUnlock, Counters, DeadLetter, Offer, Queue, QueueConfig};
+use crate::queue::{AfterUnlock, Counters, DeadLetter, Offer, Queue, QueueConfig, QueueState};
 use crate::stats::{BrokerStats, ExchangeStats, QueueStats};
 use crate::sync::{fence, thread, thread_local, AtomicU64, Condvar, Mutex, RwLock};
 
@@ -221,6 +221,12 @@ pub(crate) struct BrokerInner {
     /// Counters of deleted queues, so broker totals never go backwards.
     /// Lock order: `gone`, then a deleted queue's state.
     gone: Mutex<Gone>,
+    /// Bumped after every change that can change a route (exchanges,
+    /// queues, bindings): publishers' route caches check it.
+    topology: AtomicU64,
+    /// Unique among every broker of the process, so a route cache entry is
+    /// never taken for another broker's.
+    uid: u64,
     this: Weak<BrokerInner>,
 }
 
@@ -255,6 +261,65 @@ struct Scratch {
     dests: Vec<Dest>,
     work: Vec<Arc<Exchange>>,
     visited: Vec<u64>,
+    routes: RouteCache,
+}
+
+/// Source of [`BrokerInner::uid`].
+static NEXT_BROKER_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The last few routes this thread computed, so that publishing again to the
+/// same exchange with the same routing key skips the exchange lookup, the
+/// binding index and their locks.
+///
+/// An entry is valid while its broker's topology counter has not moved: every
+/// change that can change a route (declaring or deleting an exchange or a
+/// queue, binding, unbinding) bumps the counter after it is made, and a
+/// publisher reads it before it routes, so a cached route is one the
+/// publish could have computed itself at that moment. Routes that depend on
+/// the message (a headers exchange anywhere on the path, `CC`/`BCC` keys) are
+/// not cached. Queues are held weakly: a thread's cache never keeps a
+/// deleted queue's messages alive.
+#[derive(Default)]
+struct RouteCache {
+    entries: Vec<CachedRoute>,
+    /// Next entry to replace once the cache is full.
+    next: usize,
+}
+
+struct CachedRoute {
+    broker: u64,
+    topology: u64,
+    exchange: Arc<Exchange>,
+    routing_key: Box<str>,
+    queues: Vec<Weak<Queue>>,
+}
+
+impl RouteCache {
+    const CAPACITY: usize = 8;
+
+    fn position(&self, broker: u64, topology: u64, exchange: &str, key: &str) -> Option<usize> {
+        self.entries.iter().position(|e| {
+            e.broker == broker
+                && e.topology == topology
+                && &*e.routing_key == key
+                && &*e.exchange.name == exchange
+        })
+    }
+
+    fn insert(&mut self, route: CachedRoute) {
+        if let Some(e) = self.entries.iter_mut().find(|e| {
+            e.broker == route.broker
+                && e.routing_key == route.routing_key
+                && e.exchange.name == route.exchange.name
+        }) {
+            *e = route;
+        } else if self.entries.len() < Self::CAPACITY {
+            self.entries.push(route);
+        } else {
+            self.entries[self.next] = route;
+            self.next = (self.next + 1) % Self::CAPACITY;
+        }
+    }
 }
 
 /// Exchange and queue names to their objects. foldhash, randomly seeded per
@@ -316,6 +381,8 @@ impl Broker {
             names: RandomState::new(),
             timer: Arc::new(Timer::default()),
             gone: Mutex::new(Gone::default()),
+            topology: AtomicU64::new(0),
+            uid: NEXT_BROKER_UID.fetch_add(1, Ordering::Relaxed),
             this: this.clone(),
         });
         {
@@ -412,6 +479,7 @@ impl Broker {
             options.arguments,
         );
         map.insert(name, Arc::new(x));
+        inner.topology_changed();
         Ok(())
     }
 
@@ -501,6 +569,7 @@ impl Broker {
                 inner.clock.clone(),
             ));
             map.insert(name.clone(), q.clone());
+            inner.topology_changed();
             q
         };
         let mut after = AfterUnlock::default();
@@ -576,6 +645,7 @@ impl Broker {
             .bindings
             .write()
             .add(Dest::Queue(q), routing_key, arguments);
+        self.inner.topology_changed();
         r
     }
 
@@ -618,6 +688,7 @@ impl Broker {
             .bindings
             .write()
             .add(Dest::Exchange(dst), routing_key, arguments);
+        self.inner.topology_changed();
         r
     }
 
@@ -809,29 +880,28 @@ impl Broker {
     /// 404 for a missing queue.
     pub fn queue_stats(&self, name: &str) -> Result<QueueStats> {
         let q = self.inner.queue(name)?;
-        Ok(queue_stats(&q))
+        Ok(settled_queue_stats(&q))
     }
 
     /// A snapshot of every queue's and exchange's counters.
     pub fn stats(&self) -> BrokerStats {
-        let mut queues: Vec<QueueStats> = self
-            .inner
-            .queues
-            .read()
-            .values()
-            .map(|q| queue_stats(q))
-            .collect();
+        let live: Vec<Arc<Queue>> = self.inner.queues.read().values().cloned().collect();
+        let mut queues: Vec<QueueStats> = live.iter().map(|q| settled_queue_stats(q)).collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         let mut exchanges: Vec<ExchangeStats> = self
             .inner
             .exchanges
             .read()
             .values()
-            .map(|x| ExchangeStats {
-                name: x.name.to_string(),
-                published: x.published.load(Ordering::Relaxed),
-                routed: x.routed.load(Ordering::Relaxed),
-                unroutable: x.unroutable.load(Ordering::Relaxed),
+            .map(|x| {
+                let routed = x.routed.load(Ordering::Relaxed);
+                let unroutable = x.unroutable.load(Ordering::Relaxed);
+                ExchangeStats {
+                    name: x.name.to_string(),
+                    published: routed + unroutable,
+                    routed,
+                    unroutable,
+                }
             })
             .collect();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
@@ -852,9 +922,10 @@ impl Broker {
     /// counts as unacked until it is answered (or dropped), then as acked,
     /// discarded or deleted.
     pub fn totals(&self) -> QueueStats {
+        let live: Vec<Arc<Queue>> = self.inner.queues.read().values().cloned().collect();
         let mut t = self.inner.gone.lock().totals();
-        for q in self.inner.queues.read().values() {
-            add_stats(&mut t, &queue_stats(q));
+        for q in &live {
+            add_stats(&mut t, &settled_queue_stats(q));
         }
         t
     }
@@ -922,13 +993,33 @@ fn add_stats(t: &mut QueueStats, s: &QueueStats) {
     t.dead_lettered += s.dead_lettered;
 }
 
+/// A live queue's counters, after running any dispatch its consumers' answers
+/// left owed (see `ConsumerShared::release_credit`), so they show what
+/// RabbitMQ would: credit that came back is already filled from the ready
+/// messages.
+fn settled_queue_stats(q: &Queue) -> QueueStats {
+    let mut after = AfterUnlock::default();
+    let s = {
+        let mut st = q.lock();
+        let now = q.now_if_timed(None);
+        q.dispatch(&mut st, now, &mut after);
+        q.plan_timer(&mut st, &mut after);
+        stats_of(q, &st)
+    };
+    q.finish(after);
+    s
+}
+
 fn queue_stats(q: &Queue) -> QueueStats {
-    let st = q.lock();
+    stats_of(q, &q.lock())
+}
+
+fn stats_of(q: &Queue, st: &QueueState) -> QueueStats {
     let mut s = QueueStats {
         name: q.name.to_string(),
         ready: st.ready.len() as u64,
         ready_bytes: st.ready_bytes,
-        unacked: q.unacked(&st),
+        unacked: q.unacked(st),
         consumers: st.consumers.len() as u32,
         acked: q.answers.acked.load(Ordering::Relaxed),
         ..QueueStats::default()
@@ -1082,6 +1173,7 @@ impl BrokerInner {
             let mut b = x.bindings.write();
             b.remove(dest, routing_key, arguments) && b.list.is_empty()
         };
+        self.topology_changed();
         if now_empty && x.auto_delete {
             self.remove_exchange(x);
         }
@@ -1099,6 +1191,7 @@ impl BrokerInner {
                 _ => return 0,
             }
         }
+        self.topology_changed();
         self.remove_bindings_to(q.id);
         let n = q.mark_deleted(&mut q.lock());
         // Deliveries still out count on the dead queue when answered.
@@ -1118,12 +1211,22 @@ impl BrokerInner {
                 _ => return,
             }
         }
+        self.topology_changed();
         self.remove_bindings_to(x.id);
-        let mut b = x.bindings.write();
-        let ids: Vec<u64> = b.list.iter().map(|b| b.dest.id()).collect();
-        for id in ids {
-            b.remove_dest(id);
+        {
+            let mut b = x.bindings.write();
+            let ids: Vec<u64> = b.list.iter().map(|b| b.dest.id()).collect();
+            for id in ids {
+                b.remove_dest(id);
+            }
         }
+        self.topology_changed();
+    }
+
+    /// Invalidates every thread's cached routes into this broker; call after
+    /// (never before) the change is made.
+    fn topology_changed(&self) {
+        self.topology.fetch_add(1, Ordering::Release);
     }
 
     /// Removes every binding whose destination is `id`; auto-delete exchanges
@@ -1135,6 +1238,7 @@ impl BrokerInner {
                 let mut b = x.bindings.write();
                 b.remove_dest(id) > 0 && b.list.is_empty()
             };
+            self.topology_changed();
             if emptied && x.auto_delete {
                 self.remove_exchange(&x);
             }
@@ -1204,9 +1308,18 @@ impl BrokerInner {
                 message: Box::new(std::mem::take(message)),
             })
         };
-        let x = match self.exchange(exchange) {
-            Ok(x) => x,
-            Err(e) => return refuse(e, message),
+        // Read before routing: a route cached under this value is one this
+        // publish could have computed itself (see `RouteCache`).
+        let topology = self.topology.load(Ordering::Acquire);
+        let hit = scratch
+            .routes
+            .position(self.uid, topology, exchange, routing_key);
+        let x = match hit {
+            Some(i) => scratch.routes.entries[i].exchange.clone(),
+            None => match self.exchange(exchange) {
+                Ok(x) => x,
+                Err(e) => return refuse(e, message),
+            },
         };
         if x.internal {
             let e = Error::AccessRefused(format!(
@@ -1262,13 +1375,34 @@ impl BrokerInner {
                 .collect();
             &all_keys
         };
-        self.route(
-            &x,
-            keys,
-            message.properties.headers.as_ref(),
-            queues,
-            scratch,
-        );
+        match hit {
+            Some(i) if extra.is_empty() => {
+                queues.extend(
+                    scratch.routes.entries[i]
+                        .queues
+                        .iter()
+                        .filter_map(Weak::upgrade),
+                );
+            }
+            _ => {
+                let cacheable = self.route(
+                    &x,
+                    keys,
+                    message.properties.headers.as_ref(),
+                    queues,
+                    scratch,
+                );
+                if cacheable && extra.is_empty() {
+                    scratch.routes.insert(CachedRoute {
+                        broker: self.uid,
+                        topology,
+                        exchange: x.clone(),
+                        routing_key: routing_key.into(),
+                        queues: queues.iter().map(Arc::downgrade).collect(),
+                    });
+                }
+            }
+        }
         let content = Content::new(&x.name, routing_key, message);
         Ok(Prepared {
             exchange: x,
@@ -1279,6 +1413,8 @@ impl BrokerInner {
     }
 
     /// Walks the exchange graph from `x`, collecting each queue once.
+    /// Returns whether the route depends only on the exchange and the keys
+    /// (no headers exchange on the way), so it may be cached.
     fn route(
         &self,
         x: &Arc<Exchange>,
@@ -1286,7 +1422,8 @@ impl BrokerInner {
         headers: Option<&FieldTable>,
         out: &mut Vec<Arc<Queue>>,
         s: &mut Scratch,
-    ) {
+    ) -> bool {
+        let mut cacheable = true;
         if x.name.is_empty() {
             let map = self.queues.read();
             for k in keys {
@@ -1298,6 +1435,7 @@ impl BrokerInner {
             s.work.push(x.clone());
             s.visited.push(x.id);
             while let Some(x) = s.work.pop() {
+                cacheable &= x.kind != ExchangeKind::Headers;
                 s.dests.clear();
                 x.bindings.read().route(keys, headers, &mut s.dests);
                 if s.dests.is_empty() {
@@ -1330,6 +1468,7 @@ impl BrokerInner {
             out.sort_unstable_by_key(|q| q.id);
             out.dedup_by_key(|q| q.id);
         }
+        cacheable
     }
 
     fn publish(
@@ -1509,7 +1648,7 @@ fn tally(out: &mut Published, r: Offer) {
 }
 
 fn record(x: &Exchange, out: &Published) {
-    x.published.fetch_add(1, Ordering::Relaxed);
+    // One counter per publish: `published` is their sum.
     if out.is_unroutable() {
         x.unroutable.fetch_add(1, Ordering::Relaxed);
     } else {

@@ -33,7 +33,7 @@ use bytes::Bytes;
 
 use crate::message::{BasicProperties, Content, Message};
 use crate::queue::{AfterUnlock, Entry, Queue};
-use crate::sync::{spin_loop, thread, AtomicU32, AtomicUsize, Mutex};
+use crate::sync::{fence, spin_loop, thread, AtomicBool, AtomicU32, AtomicUsize, Mutex};
 use crate::wait::WaitList;
 
 #[derive(Debug, Default)]
@@ -57,6 +57,12 @@ pub(crate) struct ConsumerShared {
     pub(crate) exclusive: bool,
     no_ack: bool,
     queue: Arc<Queue>,
+    /// Credit came back while this consumer was at its prefetch limit, and
+    /// the dispatch that may be owed for it was left for later: to the
+    /// queue's next operation (a publish dispatches anyway) or to this
+    /// consumer's receiver when it runs dry. On the consumer side's line: the
+    /// answering thread writes it, the receiving thread reads it.
+    owed: AtomicBool,
     credit: Credit,
     mailbox: Mailbox,
 }
@@ -104,6 +110,7 @@ impl ConsumerShared {
             exclusive,
             no_ack,
             queue,
+            owed: AtomicBool::new(false),
             credit: Credit {
                 prefetch,
                 in_flight: AtomicU32::new(0),
@@ -134,11 +141,54 @@ impl ConsumerShared {
         self.credit.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
+    /// Gives one unit back. If the consumer was at its limit, the queue may
+    /// hold messages for it: they are dispatched now only if the consumer
+    /// has nothing left to receive. Otherwise the dispatch is owed, and paid
+    /// by whichever comes first: the queue's next publish (which dispatches
+    /// anyway), or this consumer's receiver finding its inbox empty (see
+    /// [`ran_dry`](Self::ran_dry)). So a consumer working through a backlog
+    /// at its limit does not take the queue lock on every answer, and a
+    /// publisher keeps the dispatching in one place.
+    ///
+    /// No dispatch is lost: this writes `owed` and then reads the inbox's
+    /// hint; the receiver empties the inbox (hint 0) and then reads `owed`;
+    /// a `SeqCst` fence between the write and the read on both sides means at
+    /// least one of them sees the other's write (`tests/loom.rs` checks it).
+    fn release_credit(&self) {
+        if self.return_credit() {
+            self.owe_dispatch();
+        }
+    }
+
     /// Gives one unit back; true if the consumer was at its limit, so the
-    /// queue may have messages waiting for it.
-    fn release_credit(&self) -> bool {
+    /// queue may hold messages for it.
+    fn return_credit(&self) -> bool {
         let prev = self.credit.in_flight.fetch_sub(1, Ordering::AcqRel);
         self.credit.prefetch != 0 && prev >= self.credit.prefetch
+    }
+
+    fn owe_dispatch(&self) {
+        // Release: whoever takes the debt (`swap` below) also sees the credit
+        // returned before it, so its dispatch finds that credit.
+        self.owed.store(true, Ordering::Release);
+        fence(Ordering::SeqCst);
+        if self.mailbox.hint.load(Ordering::Relaxed) == 0 {
+            self.pay_owed();
+        }
+    }
+
+    /// Runs the dispatch owed to this consumer, if any.
+    fn pay_owed(&self) {
+        if self.owed.load(Ordering::Relaxed) && self.owed.swap(false, Ordering::AcqRel) {
+            self.queue.redispatch();
+        }
+    }
+
+    /// Called by a receiver that found the inbox empty (hint 0), before it
+    /// waits.
+    fn ran_dry(&self) {
+        fence(Ordering::SeqCst);
+        self.pay_owed();
     }
 
     pub(crate) fn push(&self, e: Entry) {
@@ -391,9 +441,18 @@ impl Consumer {
         }
     }
 
+    /// With nothing to receive, runs the dispatch an answer may have left
+    /// owed to this consumer (see `ConsumerShared::release_credit`).
+    fn pay_if_dry(&self) {
+        if self.shared.mailbox.hint.load(Ordering::Acquire) == 0 {
+            self.shared.ran_dry();
+        }
+    }
+
     /// One look at the inbox. With `park`, registers the current thread as a
     /// waiter when empty (under the inbox lock, so no wake-up is lost).
     fn poll_once(&self, park: Option<&mut u64>) -> Poll1 {
+        self.pay_if_dry();
         let (entry, tag) = {
             let mut inbox = self.shared.mailbox.inbox.lock();
             match inbox.items.pop_front() {
@@ -415,6 +474,7 @@ impl Consumer {
     }
 
     fn poll_recv(&self, key: &mut u64, cx: &mut Context<'_>) -> Poll<Result<Delivery, RecvError>> {
+        self.pay_if_dry();
         let (entry, tag) = {
             let mut inbox = self.shared.mailbox.inbox.lock();
             match inbox.items.pop_front() {
@@ -443,9 +503,7 @@ impl Consumer {
             let q = &self.queue;
             q.answers.acked.fetch_add(1, Ordering::Relaxed);
             q.answers.settle(1);
-            if self.shared.release_credit() {
-                q.redispatch();
-            }
+            self.shared.release_credit();
         }
         Delivery {
             entry,
@@ -675,8 +733,10 @@ impl Delivery {
             return;
         }
         self.pending = false;
-        let credit_freed = match &self.origin {
-            Origin::Consumer(c) => c.release_credit(),
+        // Only an ack needs to see to the dispatch its credit makes possible:
+        // a requeue or a discard runs one anyway, after the copy is back.
+        let at_limit = match &self.origin {
+            Origin::Consumer(c) => c.return_credit(),
             Origin::Get(_) => false,
         };
         let q = self.q();
@@ -686,8 +746,8 @@ impl Delivery {
         q.answers.settle(1);
         match answer {
             Answer::Ack => {
-                if credit_freed {
-                    q.redispatch();
+                if let (true, Origin::Consumer(c)) = (at_limit, &self.origin) {
+                    c.owe_dispatch();
                 }
             }
             Answer::Requeue | Answer::Discard => {

@@ -240,7 +240,6 @@ pub(crate) struct Exchange {
     pub(crate) arguments: FieldTable,
     pub(crate) alternate: Option<String>,
     pub(crate) bindings: RwLock<Bindings>,
-    pub(crate) published: AtomicU64,
     pub(crate) routed: AtomicU64,
     pub(crate) unroutable: AtomicU64,
 }
@@ -269,7 +268,6 @@ impl Exchange {
             arguments,
             alternate,
             bindings: RwLock::new(Bindings::new(kind)),
-            published: AtomicU64::new(0),
             routed: AtomicU64::new(0),
             unroutable: AtomicU64::new(0),
         }

@@ -23,8 +23,13 @@
 //! (a publish, a requeue, a new consumer, credit coming back): it hands the head
 //! to the next consumer in round-robin order that has prefetch credit, pushing
 //! it into that consumer's inbox (lock order: queue, then inbox). Credit comes
-//! back through an atomic counter without the queue lock; only a consumer that
-//! was at its prefetch limit takes the lock to restart dispatch.
+//! back through an atomic counter without the queue lock. When it comes back
+//! to a consumer that was at its prefetch limit, the dispatch it makes
+//! possible is run at once only if that consumer has nothing left to
+//! receive; otherwise it is owed, and paid by the queue's next publish or by
+//! the consumer's receiver when it runs dry. So a consumer working through a
+//! backlog does not fight the publisher for the queue lock on every ack:
+//! the publisher's own dispatch refills it.
 //!
 //! A message that arrives at an empty queue while a consumer has credit goes
 //! straight to that consumer, before its TTL is looked at: a TTL of 0 means
@@ -186,9 +191,6 @@ pub(crate) struct Queue {
     pub(crate) config: QueueConfig,
     pub(crate) broker: Weak<BrokerInner>,
     clock: Clock,
-    /// Set by an answering thread that found the lock busy and left the
-    /// dispatch it owed to the lock's holder (see [`Queue::lock`]).
-    dispatch_pending: AtomicBool,
     state: Mutex<QueueState>,
     /// Answers counted on the consumers' side, on their own cache line so
     /// acking threads and publishing threads do not share one.
@@ -214,39 +216,6 @@ impl Answers {
     /// `n` handed-out copies are settled (answered, given back or dropped).
     pub(crate) fn settle(&self, n: u64) {
         self.answered.fetch_add(n, Ordering::Release);
-    }
-}
-
-/// The queue lock's guard; see [`Queue::lock`].
-pub(crate) struct QueueGuard<'a> {
-    queue: &'a Queue,
-    guard: Option<MutexGuard<'a, QueueState>>,
-}
-
-impl std::ops::Deref for QueueGuard<'_> {
-    type Target = QueueState;
-    fn deref(&self) -> &QueueState {
-        self.guard
-            .as_deref()
-            .unwrap_or_else(|| unreachable!("guard taken only in drop"))
-    }
-}
-
-impl std::ops::DerefMut for QueueGuard<'_> {
-    fn deref_mut(&mut self) -> &mut QueueState {
-        self.guard
-            .as_deref_mut()
-            .unwrap_or_else(|| unreachable!("guard taken only in drop"))
-    }
-}
-
-impl Drop for QueueGuard<'_> {
-    fn drop(&mut self) {
-        drop(self.guard.take());
-        // A read-modify-write, not a load: see `Queue::redispatch`.
-        if self.queue.dispatch_pending.swap(false, Ordering::AcqRel) {
-            self.queue.redispatch();
-        }
     }
 }
 
@@ -279,7 +248,6 @@ impl Queue {
             config,
             broker,
             clock,
-            dispatch_pending: AtomicBool::new(false),
             state: Mutex::new(QueueState {
                 last_used: now,
                 scheduled: u64::MAX,
@@ -310,56 +278,23 @@ impl Queue {
         self.clock.now_ms()
     }
 
-    /// Locks the queue. When the guard is released it also runs a dispatch
-    /// that an answering thread delegated to it (see [`Queue::redispatch`]).
-    pub(crate) fn lock(&self) -> QueueGuard<'_> {
-        QueueGuard {
-            queue: self,
-            guard: Some(self.state.lock()),
-        }
+    /// Locks the queue.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock()
     }
 
-    /// Restarts dispatch after credit came back, without ever waiting for
-    /// the queue lock: if another thread holds it (typically a publisher),
-    /// the dispatch is left to that thread, which runs it as it unlocks.
-    /// So a consumer acking at its prefetch limit never stalls behind a
-    /// publisher, and never makes one wait.
-    ///
-    /// Every write to `dispatch_pending` is a read-modify-write, and that is
-    /// what makes the hand-over sound. The flag's writes form one total
-    /// order. If the holder's swap (after its unlock) comes after ours, it
-    /// reads our `true` and dispatches. If it comes before, ours reads from
-    /// it (or from a later read-modify-write in its release sequence), so the
-    /// unlock happens before our `is_locked` check, which then sees the lock
-    /// free (we retry) or taken again by a later holder (whose swap comes
-    /// after ours). With a plain store and a plain load instead, each thread
-    /// may miss the other's write (a store-buffering race, which the memory
-    /// model and ARM processors allow) and the dispatch is lost: a consumer
-    /// at its prefetch limit that acks while a publisher holds the lock is
-    /// left with credit free and messages ready. `tests/loom.rs` finds that
-    /// race if the swaps are made plain again.
+    /// Restarts dispatch after credit came back to a consumer that was at its
+    /// prefetch limit (see `ConsumerShared::release_credit`, which calls it
+    /// only when the consumer has run dry, not on every answer).
     pub(crate) fn redispatch(&self) {
-        loop {
-            if let Some(g) = self.state.try_lock() {
-                self.dispatch_pending.swap(false, Ordering::AcqRel);
-                let mut guard = QueueGuard {
-                    queue: self,
-                    guard: Some(g),
-                };
-                let now = self.now_if_timed(None);
-                let mut after = AfterUnlock::default();
-                self.dispatch(&mut guard, now, &mut after);
-                self.plan_timer(&mut guard, &mut after);
-                drop(guard); // runs any dispatch delegated meanwhile
-                self.finish(after);
-                return;
-            }
-            self.dispatch_pending.swap(true, Ordering::AcqRel);
-            if self.state.is_locked() {
-                // The holder will see the flag when it unlocks.
-                return;
-            }
+        let now = self.now_if_timed(None);
+        let mut after = AfterUnlock::default();
+        {
+            let mut st = self.lock();
+            self.dispatch(&mut st, now, &mut after);
+            self.plan_timer(&mut st, &mut after);
         }
+        self.finish(after);
     }
 
     /// Hands work collected under the lock to the broker.

@@ -61,68 +61,26 @@ pub(crate) mod thread {
 mod loom_shim {
     use std::fmt;
     use std::ops::{Deref, DerefMut};
-    use std::sync::atomic::Ordering;
     use std::sync::PoisonError;
     use std::time::Duration;
 
-    use loom::sync::atomic::AtomicBool;
-
-    /// A mutex with `parking_lot`'s API. `is_locked` reads a flag kept next
-    /// to loom's mutex the way `parking_lot` reads its lock word (a relaxed
-    /// load), set by the holder after it acquires and cleared (release)
-    /// before it releases.
-    pub(crate) struct Mutex<T> {
-        inner: loom::sync::Mutex<T>,
-        locked: AtomicBool,
-    }
+    /// A mutex with `parking_lot`'s API (no poisoning).
+    pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
 
     pub(crate) struct MutexGuard<'a, T> {
+        /// `None` only while a condition variable waits with it.
         inner: Option<loom::sync::MutexGuard<'a, T>>,
-        locked: &'a AtomicBool,
     }
 
     impl<T> Mutex<T> {
         pub(crate) fn new(value: T) -> Self {
-            Mutex {
-                inner: loom::sync::Mutex::new(value),
-                locked: AtomicBool::new(false),
-            }
-        }
-
-        fn guard<'a>(&'a self, g: loom::sync::MutexGuard<'a, T>) -> MutexGuard<'a, T> {
-            self.locked.store(true, Ordering::Relaxed);
-            MutexGuard {
-                inner: Some(g),
-                locked: &self.locked,
-            }
+            Mutex(loom::sync::Mutex::new(value))
         }
 
         pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
-            let g = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-            self.guard(g)
-        }
-
-        pub(crate) fn try_lock(&self) -> Option<MutexGuard<'_, T>> {
-            match self.inner.try_lock() {
-                Ok(g) => Some(self.guard(g)),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(self.guard(p.into_inner())),
-                Err(std::sync::TryLockError::WouldBlock) => {
-                    // A busy-wait loop around `try_lock` must let the holder
-                    // run, or the model never ends.
-                    loom::thread::yield_now();
-                    None
-                }
+            MutexGuard {
+                inner: Some(self.0.lock().unwrap_or_else(PoisonError::into_inner)),
             }
-        }
-
-        /// The flag may read stale, as `parking_lot`'s lock word may: a
-        /// stale "locked" is what a caller must be ready for, and the model
-        /// explores it. A "free" answer is checked against loom's mutex, so
-        /// the flag's own windows (set just after acquiring, cleared just
-        /// before releasing) cannot send a caller round a retry loop while
-        /// the holder never runs.
-        pub(crate) fn is_locked(&self) -> bool {
-            self.locked.load(Ordering::Relaxed) || self.inner.try_lock().is_err()
         }
     }
 
@@ -138,18 +96,12 @@ mod loom_shim {
         }
     }
 
-    impl<T> MutexGuard<'_, T> {
-        fn get(&self) -> &loom::sync::MutexGuard<'_, T> {
-            self.inner
-                .as_ref()
-                .unwrap_or_else(|| unreachable!("taken only while waiting"))
-        }
-    }
-
     impl<T> Deref for MutexGuard<'_, T> {
         type Target = T;
         fn deref(&self) -> &T {
-            self.get()
+            self.inner
+                .as_deref()
+                .unwrap_or_else(|| unreachable!("taken only while waiting"))
         }
     }
 
@@ -158,14 +110,6 @@ mod loom_shim {
             self.inner
                 .as_deref_mut()
                 .unwrap_or_else(|| unreachable!("taken only while waiting"))
-        }
-    }
-
-    impl<T> Drop for MutexGuard<'_, T> {
-        fn drop(&mut self) {
-            if self.inner.is_some() {
-                self.locked.store(false, Ordering::Release);
-            }
         }
     }
 
@@ -205,10 +149,7 @@ mod loom_shim {
     impl Condvar {
         pub(crate) fn wait<T>(&self, guard: &mut MutexGuard<'_, T>) {
             let Some(g) = guard.inner.take() else { return };
-            guard.locked.store(false, Ordering::Release);
-            let g = self.0.wait(g).unwrap_or_else(PoisonError::into_inner);
-            guard.locked.store(true, Ordering::Relaxed);
-            guard.inner = Some(g);
+            guard.inner = Some(self.0.wait(g).unwrap_or_else(PoisonError::into_inner));
         }
 
         /// Loom does not model time: this waits for a notification.

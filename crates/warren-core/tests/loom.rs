@@ -21,9 +21,13 @@
 //! of the model. Each explores every interleaving with up to 4 preemptions
 //! (`LOOM_MAX_PREEMPTIONS` to change it).
 //!
-//! `ack_redispatch_vs_publisher_holding_the_lock` and
-//! `publish_vs_consume_vs_ack` found a lost dispatch in `Queue::redispatch`
-//! (a store-buffering race on `dispatch_pending`, now fixed; see there).
+//! History: `ack_redispatch_vs_publisher_holding_the_lock` and
+//! `publish_vs_consume_vs_ack` found a lost dispatch in an earlier
+//! try-lock-or-delegate `Queue::redispatch` (a store-buffering race on its
+//! `dispatch_pending` flag). Today an ack at the prefetch limit leaves the
+//! dispatch owed unless the consumer has run dry, and the receiver pays it
+//! when it does (`ConsumerShared::release_credit`): the
+//! `owed_dispatch_*` models check that hand-over.
 #![cfg(loom)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -83,6 +87,26 @@ fn consume(b: &Broker, prefetch: u32) -> Consumer {
     .unwrap()
 }
 
+/// Drives a future on this loom thread, parking between polls: a lost
+/// wake-up leaves it parked forever, which loom reports as a deadlock.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    struct Unpark(thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(std::sync::Arc::new(Unpark(thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut f = std::pin::pin!(f);
+    loop {
+        if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        thread::park();
+    }
+}
+
 /// What the application saw: (message id, redelivered) per showing, and the
 /// ids it acked.
 #[derive(Default)]
@@ -133,11 +157,19 @@ fn settle(
         assert!(outstanding <= *prefetch as usize, "prefetch exceeded");
         full &= outstanding == *prefetch as usize;
     }
+    // `queue_stats` runs any dispatch still owed; a receiver that reported
+    // Empty must have been paid already, so nothing new may arrive after it.
     let ready = b.queue_stats("q").unwrap().ready;
     assert!(
         ready == 0 || full,
         "lost dispatch: {ready} ready while a consumer has credit"
     );
+    for (c, _, _) in &live {
+        assert!(
+            matches!(c.try_recv(), Err(TryRecvError::Empty)),
+            "lost dispatch: a consumer that ran dry was not refilled"
+        );
+    }
     for c in &cancelled {
         loop {
             match c.try_recv() {
@@ -341,6 +373,72 @@ fn ack_redispatch_vs_publisher_holding_the_lock() {
         seen.merge(acker.join().unwrap());
         publisher.join().unwrap();
         settle(&b, 3, vec![(a, 1, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn owed_dispatch_ack_vs_receiver_running_dry() {
+    // A consumer at its limit with one copy still in its inbox: the ack
+    // leaves the dispatch owed (the inbox is not empty), while the receiver
+    // takes that copy and then waits for the next. Either the ack sees the
+    // inbox empty and dispatches, or the receiver sees the debt and pays it;
+    // if both missed, the blocking `recv` would never return (loom reports
+    // the deadlock).
+    model("owed_dispatch_ack_vs_receiver_running_dry", || {
+        let b = broker(Default::default());
+        for id in 0..3 {
+            publish(&b, id);
+        }
+        let c = consume(&b, 2);
+        let mut seen = Seen::default();
+        let d0 = c.try_recv().unwrap();
+        seen.show(&d0);
+        let acker = thread::spawn(move || {
+            let mut seen = Seen::default();
+            seen.ack(d0);
+            seen
+        });
+        let receiver = thread::spawn(move || {
+            let mut seen = Seen::default();
+            let d1 = c.recv().unwrap();
+            seen.show(&d1);
+            let d2 = c.recv().unwrap();
+            seen.show(&d2);
+            seen.ack(d1);
+            seen.ack(d2);
+            (c, seen)
+        });
+        seen.merge(acker.join().unwrap());
+        let (c, r) = receiver.join().unwrap();
+        seen.merge(r);
+        settle(&b, 3, vec![(c, 2, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn owed_dispatch_async_receiver() {
+    // The same hand-over through `recv_async`'s poll: a waker registered on
+    // an empty inbox must be woken by the dispatch the ack makes possible.
+    model("owed_dispatch_async_receiver", || {
+        let b = broker(Default::default());
+        for id in 0..3 {
+            publish(&b, id);
+        }
+        let c = consume(&b, 2);
+        let mut seen = Seen::default();
+        let d0 = c.try_recv().unwrap();
+        let d1 = c.try_recv().unwrap();
+        seen.show(&d0);
+        seen.show(&d1);
+        let acker = thread::spawn(move || {
+            let mut seen = Seen::default();
+            seen.ack(d0);
+            seen
+        });
+        let d2 = block_on(c.recv_async()).unwrap();
+        seen.show(&d2);
+        seen.merge(acker.join().unwrap());
+        settle(&b, 3, vec![(c, 2, vec![d1, d2])], vec![], seen);
     });
 }
 
