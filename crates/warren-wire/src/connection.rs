@@ -524,6 +524,15 @@ impl Connection {
             )
             .at(10, 40));
         }
+        if let Some(max) = self.shared.config.limits.connection_max {
+            if self.shared.connection_count() > max {
+                return Err(AmqpError::connection(
+                    530,
+                    format!("connection refused: node connection limit ({max}) is reached"),
+                )
+                .at(10, 40));
+            }
+        }
         self.owner = Some(broker.new_owner());
         self.broker = Some(broker.clone());
         self.vhost = Arc::from(vhost);

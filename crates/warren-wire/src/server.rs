@@ -95,6 +95,11 @@ impl Shared {
         self.connections.send_modify(|n| *n = n.saturating_sub(1));
     }
 
+    /// Open client connections, counting those still in the handshake.
+    pub(crate) fn connection_count(&self) -> usize {
+        *self.connections.borrow()
+    }
+
     /// A connection's reader pauses for its writer until the guard drops.
     pub(crate) fn flow_started(&self) -> FlowGuard<'_> {
         self.flow.send_modify(|n| *n += 1);
