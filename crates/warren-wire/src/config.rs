@@ -109,7 +109,9 @@ pub struct Limits {
     /// `None`, the default, is no limit). Connections still in the
     /// handshake count. A client opening one connection too many is refused
     /// at `connection.open` with 530 NOT_ALLOWED, as current RabbitMQ does
-    /// (3.10 leaves it unaccepted in the listen backlog).
+    /// (3.10 hands the limit to its acceptor pool, which leaves extra
+    /// sockets unserved, without a word, and counts per acceptor: with
+    /// `connection_max = 1`, 3.10.8 served 8 connections).
     pub connection_max: Option<usize>,
 }
 

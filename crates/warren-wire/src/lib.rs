@@ -72,8 +72,8 @@
 //! - A content body longer than its header announced closes the connection
 //!   with 501 FRAME_ERROR at once (RabbitMQ notices on the next frame).
 //! - `connection_max` refuses the extra connection at `connection.open`
-//!   with 530, as current RabbitMQ does (3.10 leaves it unaccepted in the
-//!   listen backlog until a connection closes).
+//!   with 530, as current RabbitMQ does (3.10 leaves it unserved, without a
+//!   word, and enforces the limit only approximately).
 //! - The default memory measure is an estimate (messages held times the
 //!   average body size published over the wire); pass
 //!   [`MemoryWatermark::with_probe`] for an exact one.
