@@ -138,8 +138,8 @@ impl OutTx {
         self.budget.clone().acquire_many_owned(cost).await.ok()
     }
 
-    /// Takes room for content without waiting, even past the budget (for
-    /// direct reply-to, where the publisher must not wait on another
+    /// Takes room for content without waiting; `None` when there is none
+    /// (for direct reply-to, where the publisher must not wait on another
     /// connection's reader).
     pub(crate) fn reserve_now(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let cost = bytes.saturating_add(256).min(BUDGET) as u32;

@@ -247,7 +247,7 @@ async fn a_client_that_asks_without_reading_is_not_read_until_it_reads() {
 async fn a_fast_publisher_is_blocked_near_the_watermark_and_resumes_after_a_drain() {
     const WATERMARK: u64 = 256 * 1024;
     const SIZE: usize = 1024;
-    const TOTAL: u32 = 4000; // 4 MiB: 16 times the watermark
+    const TOTAL: u32 = 8000; // 8 MiB: 32 times the watermark
     let env = start_with(|c| {
         c.with_memory_watermark(
             MemoryWatermark::new(WATERMARK).with_interval(Duration::from_millis(2)),
@@ -296,12 +296,14 @@ async fn a_fast_publisher_is_blocked_near_the_watermark_and_resumes_after_a_drai
         }
     }
     // Blocked: the connection is not read anymore, so what the broker
-    // holds stops growing, a little over the watermark (what one publisher
-    // routes between two measures).
+    // holds stops growing, a little over the watermark: what the publisher
+    // routes between two measures (seen: 1.02 times the watermark). The
+    // bound leaves room for a loaded machine delaying the measure, and is
+    // still a quarter of what the publisher would have pushed.
     let held = env.broker.stats().ready_bytes;
     println!("blocked with {held} bytes held (watermark {WATERMARK})");
     assert!(held > WATERMARK);
-    assert!(held <= 4 * WATERMARK, "{held}");
+    assert!(held <= 8 * WATERMARK, "{held}");
     // The last confirms cannot have come: the publisher is still waiting.
     assert!(!publisher.is_finished());
 
@@ -338,7 +340,7 @@ async fn a_fast_publisher_is_blocked_near_the_watermark_and_resumes_after_a_drai
         unblocked = matches!(next_event(&mut events).await, Event::ConnectionUnblocked);
     }
     println!("peak held while draining: {peak} bytes");
-    assert!(peak <= 4 * WATERMARK, "{peak}");
+    assert!(peak <= 8 * WATERMARK, "{peak}");
     let s = env.broker.queue_stats("fill").unwrap();
     assert_eq!((s.enqueued, s.ready), (u64::from(TOTAL), 0), "{s:?}");
 }
@@ -515,4 +517,84 @@ async fn a_thousand_connections_each_get_their_own_rpc_answer() {
         "{CLIENTS} connections open in {opened:?}, all answered in {answered:?}, all closed in {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_to_a_direct_reply_to_consumer_that_stops_reading_are_returned() {
+    // Direct reply-to has no queue to hold replies: they go straight to the
+    // consumer's connection. One that stops reading must not make the
+    // server buffer whatever others send it; past the connection's outgoing
+    // budget, replies are unroutable (returned if mandatory), as when the
+    // consumer is gone.
+    const SIZE: usize = 256 * 1024;
+    const REPLIES: usize = 200; // 50 MiB
+    let env = start().await;
+    env.broker
+        .declare_queue("probe", QueueDeclareOptions::default())
+        .unwrap();
+    let mut stuck = Raw::ready(env.addr()).await;
+    stuck
+        .send_method(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: "amq.rabbitmq.reply-to".into(),
+                no_ack: true,
+                ..Default::default()
+            })),
+        )
+        .await;
+    // its address: it sends a request carrying it
+    stuck
+        .send(&publish_bytes(
+            "probe",
+            WireProperties::default().with_reply_to("amq.rabbitmq.reply-to".into()),
+            b"request",
+        ))
+        .await;
+    let address = within(async {
+        loop {
+            if let Some(d) = env.broker.get("probe", Default::default()).unwrap() {
+                return d.properties().reply_to.clone().unwrap();
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+
+    // The client reads nothing from now on; another one sends it replies.
+    let (_conn, ch) = env.channel().await;
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let body = vec![b'r'; SIZE];
+    let mut confirms = Vec::new();
+    for _ in 0..REPLIES {
+        confirms.push(
+            within(ch.basic_publish(
+                "".into(),
+                address.as_str().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &body,
+                BasicProperties::default(),
+            ))
+            .await
+            .unwrap(),
+        );
+    }
+    let mut returned = 0;
+    for c in confirms {
+        let c = within(c).await.unwrap();
+        assert!(c.is_ack());
+        returned += usize::from(c.take_message().is_some());
+    }
+    let delivered = REPLIES - returned;
+    println!("stuck reply consumer: {delivered} of {REPLIES} replies of 256 KiB taken, {returned} returned");
+    // the outgoing budget (4 MiB) and the socket buffers: well under 16 MiB
+    assert!(delivered <= 64, "{delivered}");
+
+    // What was taken arrives once it reads.
+    for _ in 0..delivered {
+        assert_eq!(next_delivery(&mut stuck).await.body.len(), SIZE);
+    }
 }
