@@ -1158,8 +1158,13 @@ impl Connection {
         let Some(t) = target.filter(|t| *t.vhost == *self.vhost) else {
             return Published::default();
         };
+        // No queue holds replies: one the consumer's connection has no room
+        // for (its client stopped reading) goes nowhere, as when the
+        // consumer is gone, rather than into an unbounded buffer.
+        let Some(permit) = t.out.reserve_now(message.body.len()) else {
+            return Published::default();
+        };
         let properties = properties_to_wire(&message.properties);
-        let permit = t.out.reserve_now(message.body.len());
         let mut st = t.state.lock();
         let Some(tag) = st.reply.as_ref().filter(|_| st.open).map(|r| r.tag.clone()) else {
             return Published::default();
@@ -1177,7 +1182,7 @@ impl Connection {
             })),
             properties,
             body: message.body,
-            permit,
+            permit: Some(permit),
         });
         Published {
             routed: 1,

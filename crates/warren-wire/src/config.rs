@@ -105,6 +105,14 @@ pub struct Limits {
     /// How long a client may take from TCP connect to `connection.open`
     /// (RabbitMQ: 10 s).
     pub handshake_timeout: Duration,
+    /// Most client connections open at once (RabbitMQ's `connection_max`;
+    /// `None`, the default, is no limit). Connections still in the
+    /// handshake count. A client opening one connection too many is refused
+    /// at `connection.open` with 530 NOT_ALLOWED, as current RabbitMQ does
+    /// (3.10 hands the limit to its acceptor pool, which leaves extra
+    /// sockets unserved, without a word, and counts per acceptor: with
+    /// `connection_max = 1`, 3.10.8 served 8 connections).
+    pub connection_max: Option<usize>,
 }
 
 impl Default for Limits {
@@ -115,6 +123,7 @@ impl Default for Limits {
             max_message_size: 128 * 1024 * 1024,
             heartbeat: 60,
             handshake_timeout: Duration::from_secs(10),
+            connection_max: None,
         }
     }
 }
@@ -226,6 +235,10 @@ impl ServerConfig {
     }
 
     /// Serves `broker` as virtual host `name` (replacing one of that name).
+    ///
+    /// Error texts quote the broker's own name
+    /// ([`Broker::vhost`](warren_core::Broker::vhost)), so create it with
+    /// `BrokerOptions { vhost: name, .. }` for them to name `name`.
     pub fn with_vhost(mut self, name: impl Into<String>, broker: Broker) -> Self {
         self.vhosts.insert(name.into(), broker);
         self

@@ -242,20 +242,27 @@ impl Connection {
                 }
             }
             self.flush_confirms();
-            let deadline = match self.state {
-                State::Running if self.heartbeat > 0 => {
-                    Some(Instant::now() + Duration::from_secs(u64::from(self.heartbeat) * 2))
-                }
-                State::Running => None,
-                _ => Some(handshake_deadline),
-            };
+            let heartbeat = (self.state == State::Running && self.heartbeat > 0)
+                .then(|| Duration::from_secs(u64::from(self.heartbeat) * 2));
+            let handshake = (self.state != State::Running).then_some(handshake_deadline);
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(16 * 1024);
             }
             let event = {
                 let rbuf = &mut self.rbuf;
                 let shutdown = &mut self.shutdown;
+                let out = &self.out;
+                let shared = &self.shared;
                 let read = async {
+                    // A client asking for replies faster than it reads them:
+                    // read no more until the writer has caught up.
+                    if !out.has_room() {
+                        let _flow = shared.flow_started();
+                        out.room().await;
+                    }
+                    // Two heartbeat intervals from now, not from before a pause:
+                    // what the client sent meanwhile is still unread.
+                    let deadline = handshake.or_else(|| heartbeat.map(|h| Instant::now() + h));
                     match deadline {
                         Some(d) => tokio::time::timeout_at(d, rd.read_buf(rbuf))
                             .await
@@ -516,6 +523,15 @@ impl Connection {
                 format!("access to vhost '{vhost}' refused for user '{}'", self.user),
             )
             .at(10, 40));
+        }
+        if let Some(max) = self.shared.config.limits.connection_max {
+            if self.shared.connection_count() > max {
+                return Err(AmqpError::connection(
+                    530,
+                    format!("connection refused: node connection limit ({max}) is reached"),
+                )
+                .at(10, 40));
+            }
         }
         self.owner = Some(broker.new_owner());
         self.broker = Some(broker.clone());

@@ -55,8 +55,10 @@
 //! - RabbitMQ's direct reply-to (`amq.rabbitmq.reply-to`).
 //! - The memory alarm: above a watermark, publishing connections get
 //!   `connection.blocked` and are not read until it clears.
-//! - Limits: `frame_max`, `channel_max`, `max_message_size`; nothing a client
-//!   sends can panic the server or grow its memory without bound.
+//! - Limits: `frame_max`, `channel_max`, `max_message_size`,
+//!   `connection_max`; nothing a client sends can panic the server or grow
+//!   its memory without bound (a client that does not read what it asked
+//!   for is not read from until it does).
 //!
 //! # Where it differs from RabbitMQ
 //!
@@ -69,6 +71,9 @@
 //!   (RabbitMQ 3.10 drops the TCP connection).
 //! - A content body longer than its header announced closes the connection
 //!   with 501 FRAME_ERROR at once (RabbitMQ notices on the next frame).
+//! - `connection_max` refuses the extra connection at `connection.open`
+//!   with 530, as current RabbitMQ does (3.10 leaves it unserved, without a
+//!   word, and enforces the limit only approximately).
 //! - The default memory measure is an estimate (messages held times the
 //!   average body size published over the wire); pass
 //!   [`MemoryWatermark::with_probe`] for an exact one.

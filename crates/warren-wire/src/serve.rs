@@ -29,6 +29,7 @@ use crate::server::Server;
 /// max_message_size = 134217728  # bytes
 /// heartbeat = 60                # seconds, 0 = off
 /// handshake_timeout_ms = 10000
+/// connection_max = 10000        # optional: default no limit
 ///
 /// [memory]                      # optional: block publishers above this
 /// high_watermark = 1073741824   # bytes
@@ -119,6 +120,8 @@ pub struct LimitsEntry {
     pub heartbeat: u16,
     /// See [`Limits::handshake_timeout`], in milliseconds.
     pub handshake_timeout_ms: u64,
+    /// See [`Limits::connection_max`] (absent: no limit).
+    pub connection_max: Option<usize>,
 }
 
 impl Default for LimitsEntry {
@@ -130,6 +133,7 @@ impl Default for LimitsEntry {
             max_message_size: l.max_message_size,
             heartbeat: l.heartbeat,
             handshake_timeout_ms: l.handshake_timeout.as_millis() as u64,
+            connection_max: l.connection_max,
         }
     }
 }
@@ -197,6 +201,7 @@ impl ServeConfig {
             max_message_size: self.limits.max_message_size,
             heartbeat: self.limits.heartbeat,
             handshake_timeout: Duration::from_millis(self.limits.handshake_timeout_ms),
+            connection_max: self.limits.connection_max,
         });
         for v in &self.vhosts {
             let broker = Broker::with_options(BrokerOptions {
@@ -329,6 +334,7 @@ mod tests {
         let s = c.server_config().unwrap();
         assert_eq!(s.vhost_names(), ["/"]);
         assert_eq!(s.users(), [User::guest()]);
+        assert_eq!(s.limits.connection_max, None);
     }
 
     #[test]
@@ -340,6 +346,7 @@ mod tests {
             [limits]
             frame_max = 8192
             heartbeat = 0
+            connection_max = 100
             [memory]
             high_watermark = 1000
             [[users]]
@@ -352,6 +359,7 @@ mod tests {
         let s = c.server_config().unwrap();
         assert_eq!(s.limits.frame_max, 8192);
         assert_eq!(s.limits.channel_max, 2047);
+        assert_eq!(s.limits.connection_max, Some(100));
         assert_eq!(s.memory.as_ref().map(|m| m.high_watermark), Some(1000));
         assert_eq!(s.users().len(), 1);
         assert!(!s.users()[0].may_open("/"));

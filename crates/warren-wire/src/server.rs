@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub(crate) published_bytes: AtomicU64,
     pub(crate) published_messages: AtomicU64,
     connections: watch::Sender<usize>,
+    /// Connections not read from until the client reads what it was sent.
+    flow: watch::Sender<usize>,
     ids: AtomicU64,
     random: RandomState,
 }
@@ -91,6 +93,26 @@ impl Shared {
 
     pub(crate) fn connection_closed(&self) {
         self.connections.send_modify(|n| *n = n.saturating_sub(1));
+    }
+
+    /// Open client connections, counting those still in the handshake.
+    pub(crate) fn connection_count(&self) -> usize {
+        *self.connections.borrow()
+    }
+
+    /// A connection's reader pauses for its writer until the guard drops.
+    pub(crate) fn flow_started(&self) -> FlowGuard<'_> {
+        self.flow.send_modify(|n| *n += 1);
+        FlowGuard(self)
+    }
+}
+
+/// Counts a connection in [`Server::flow_connection_count`] while it lives.
+pub(crate) struct FlowGuard<'a>(&'a Shared);
+
+impl Drop for FlowGuard<'_> {
+    fn drop(&mut self) {
+        self.0.flow.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -166,6 +188,7 @@ impl Server {
             published_bytes: AtomicU64::new(0),
             published_messages: AtomicU64::new(0),
             connections,
+            flow: watch::channel(0).0,
             ids: AtomicU64::new(1),
             random: RandomState::new(),
         });
@@ -210,6 +233,26 @@ impl Server {
     /// Cancel safe.
     pub async fn wait_for_connection_count(&self, n: usize) {
         let mut rx = self.connections.clone();
+        let _ = rx.wait_for(|c| *c == n).await;
+    }
+
+    /// How many connections the server is not reading from right now
+    /// because their client does not read the replies it asked for
+    /// (RabbitMQ shows such connections in state `flow`): the client meets
+    /// TCP back-pressure instead of the server queueing replies for it
+    /// without bound.
+    pub fn flow_connection_count(&self) -> usize {
+        *self.shared.flow.borrow()
+    }
+
+    /// Waits until exactly `n` connections are in flow control (see
+    /// [`flow_connection_count`](Self::flow_connection_count)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn wait_for_flow_connection_count(&self, n: usize) {
+        let mut rx = self.shared.flow.subscribe();
         let _ = rx.wait_for(|c| *c == n).await;
     }
 

@@ -10,8 +10,13 @@
 //! share of a per-connection byte budget ([`OutTx::reserve`]), given back
 //! once written. A client that stops reading therefore stops its consumers,
 //! and unanswered messages stay in their queues, instead of piling up here.
-//! Control frames are small and bounded by what the client itself sends.
+//! Control frames (method replies, confirms) are small, but a client can ask
+//! for them faster than it reads them: they are counted, and above
+//! [`CONTROL_BACKLOG`] queued frames the connection's reader stops reading
+//! ([`OutTx::room`]) until the writer has written them, so such a client
+//! meets TCP back-pressure instead of growing this queue.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,12 +24,15 @@ use amq_protocol::protocol::{AMQPClass, BasicProperties as WireProperties};
 use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::codec;
 
 /// Bytes of content that may wait to be written per connection.
 const BUDGET: usize = 4 * 1024 * 1024;
+/// Method frames that may wait to be written before the reader pauses.
+/// Each is at most a few hundred bytes.
+pub(crate) const CONTROL_BACKLOG: usize = 4096;
 /// Write once this much is batched.
 const BATCH: usize = 256 * 1024;
 /// A client that takes no bytes at all for this long is given up on (its
@@ -56,12 +64,54 @@ pub(crate) enum Out {
 pub(crate) struct OutTx {
     tx: mpsc::UnboundedSender<Out>,
     budget: Arc<Semaphore>,
+    backlog: Arc<Backlog>,
+}
+
+/// Method frames queued and not yet written.
+struct Backlog {
+    frames: AtomicUsize,
+    /// Woken when frames have been written.
+    written: Notify,
 }
 
 impl OutTx {
     /// Queues `out`; false if the writer is gone.
     pub(crate) fn send(&self, out: Out) -> bool {
-        self.tx.send(out).is_ok()
+        let method = matches!(out, Out::Method(..));
+        if method {
+            self.backlog.frames.fetch_add(1, Ordering::AcqRel);
+        }
+        let sent = self.tx.send(out).is_ok();
+        if method && !sent {
+            self.backlog.frames.fetch_sub(1, Ordering::AcqRel);
+        }
+        sent
+    }
+
+    /// Whether fewer than [`CONTROL_BACKLOG`] method frames wait to be
+    /// written (or the writer is gone, so nothing will wait anymore).
+    pub(crate) fn has_room(&self) -> bool {
+        self.backlog.frames.load(Ordering::Acquire) < CONTROL_BACKLOG || self.tx.is_closed()
+    }
+
+    /// Waits until [`has_room`](Self::has_room).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub(crate) async fn room(&self) {
+        loop {
+            let written = self.backlog.written.notified();
+            tokio::pin!(written);
+            written.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            tokio::select! {
+                _ = written => {}
+                _ = self.tx.closed() => return,
+            }
+        }
     }
 
     /// Queues a method frame.
@@ -88,8 +138,8 @@ impl OutTx {
         self.budget.clone().acquire_many_owned(cost).await.ok()
     }
 
-    /// Takes room for content without waiting, even past the budget (for
-    /// direct reply-to, where the publisher must not wait on another
+    /// Takes room for content without waiting; `None` when there is none
+    /// (for direct reply-to, where the publisher must not wait on another
     /// connection's reader).
     pub(crate) fn reserve_now(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
         let cost = bytes.saturating_add(256).min(BUDGET) as u32;
@@ -101,8 +151,19 @@ impl OutTx {
 pub(crate) fn spawn(socket: OwnedWriteHalf) -> (OutTx, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(BUDGET));
-    let handle = tokio::spawn(run(socket, rx, budget.clone()));
-    (OutTx { tx, budget }, handle)
+    let backlog = Arc::new(Backlog {
+        frames: AtomicUsize::new(0),
+        written: Notify::new(),
+    });
+    let handle = tokio::spawn(run(socket, rx, budget.clone(), backlog.clone()));
+    (
+        OutTx {
+            tx,
+            budget,
+            backlog,
+        },
+        handle,
+    )
 }
 
 struct State {
@@ -112,12 +173,17 @@ struct State {
     buf: Vec<u8>,
     scratch: Vec<u8>,
     permits: Vec<OwnedSemaphorePermit>,
+    /// Method frames in `buf`.
+    methods: usize,
 }
 
 impl State {
     fn encode(&mut self, out: Out) {
         match out {
-            Out::Method(ch, m) => codec::write_method(&mut self.buf, &mut self.scratch, ch, m),
+            Out::Method(ch, m) => {
+                codec::write_method(&mut self.buf, &mut self.scratch, ch, m);
+                self.methods += 1;
+            }
             Out::Content {
                 channel,
                 method,
@@ -153,6 +219,7 @@ async fn run(
     mut socket: OwnedWriteHalf,
     mut rx: mpsc::UnboundedReceiver<Out>,
     budget: Arc<Semaphore>,
+    backlog: Arc<Backlog>,
 ) {
     let mut st = State {
         frame_max: 131_072,
@@ -161,6 +228,7 @@ async fn run(
         buf: Vec::with_capacity(64 * 1024),
         scratch: Vec::new(),
         permits: Vec::new(),
+        methods: 0,
     };
     loop {
         // Some(message), Some(None) when every sender is gone, None when a
@@ -196,6 +264,11 @@ async fn run(
             }
         }
         st.permits.clear();
+        if st.methods > 0 {
+            backlog.frames.fetch_sub(st.methods, Ordering::AcqRel);
+            st.methods = 0;
+            backlog.written.notify_waiters();
+        }
         if st.close {
             let _ = socket.flush().await;
             let _ = socket.shutdown().await;
@@ -204,6 +277,9 @@ async fn run(
     }
     // Wake consumer tasks waiting for room: nothing will be written anymore.
     budget.close();
+    // And the reader, should it wait for the backlog (it also watches the
+    // channel closing, which happens when `rx` drops on return).
+    backlog.written.notify_waiters();
 }
 
 /// Writes `buf`, in pieces that must each go out within [`STALL_TIMEOUT`].
