@@ -129,6 +129,7 @@ mod context;
 mod error;
 mod inproc;
 mod notify;
+mod pump;
 mod server;
 mod shared;
 mod target;

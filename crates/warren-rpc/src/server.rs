@@ -4,21 +4,20 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
-use std::future::{poll_fn, Future};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::context::Context;
-use crate::error::{RemoteError, RpcError, TransportError, DISPATCHER_MODULE};
+use crate::error::{RemoteError, RpcError, DISPATCHER_MODULE};
+use crate::pump::Pump;
 use crate::target::{Target, Version};
-use crate::transport::{BoxFuture, IncomingCall, ListenOptions, Listener, Reply, Transport};
+use crate::transport::{BoxFuture, IncomingCall, ListenOptions, Reply, Transport};
 use crate::util::{log_debug, log_error, panic_message, CatchUnwind};
 use crate::wire::RpcMessage;
 
@@ -370,15 +369,7 @@ struct ServerInner {
     transport: Arc<dyn Transport>,
     target: Target,
     endpoints: Vec<Endpoint>,
-    permits: usize,
-    semaphore: Arc<Semaphore>,
     counters: Counters,
-    running: AtomicBool,
-}
-
-struct Running {
-    stop: oneshot::Sender<()>,
-    pump: tokio::task::JoinHandle<()>,
 }
 
 /// Serves RPC requests for one server on a topic (oslo's `RPCServer`).
@@ -437,7 +428,7 @@ struct Running {
 /// ```
 pub struct RpcServer {
     inner: Arc<ServerInner>,
-    state: tokio::sync::Mutex<Option<Running>>,
+    pump: Pump,
 }
 
 impl fmt::Debug for RpcServer {
@@ -445,7 +436,7 @@ impl fmt::Debug for RpcServer {
         f.debug_struct("RpcServer")
             .field("target", &self.inner.target)
             .field("endpoints", &self.inner.endpoints)
-            .field("max_in_flight", &self.inner.permits)
+            .field("max_in_flight", &self.pump.max_in_flight())
             .field("running", &self.is_running())
             .finish()
     }
@@ -469,20 +460,14 @@ impl RpcServer {
         endpoints: Vec<Endpoint>,
         options: RpcServerOptions,
     ) -> RpcServer {
-        let permits = options
-            .max_in_flight
-            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         RpcServer {
             inner: Arc::new(ServerInner {
                 transport,
                 target,
                 endpoints,
-                permits,
-                semaphore: Arc::new(Semaphore::new(permits)),
                 counters: Counters::default(),
-                running: AtomicBool::new(false),
             }),
-            state: tokio::sync::Mutex::new(None),
+            pump: Pump::new(options.max_in_flight),
         }
     }
 
@@ -493,7 +478,7 @@ impl RpcServer {
 
     /// Whether it is started.
     pub fn is_running(&self) -> bool {
-        self.inner.running.load(Ordering::Acquire)
+        self.pump.is_running()
     }
 
     /// Starts serving: declares the exchange and queues, then takes requests
@@ -510,12 +495,7 @@ impl RpcServer {
     /// Cancel safe: if dropped before it completes, the server is not
     /// started.
     pub async fn start(&self) -> Result<(), RpcError> {
-        let mut state = self.state.lock().await;
-        if state.is_some() {
-            return Ok(());
-        }
-        let inner = &self.inner;
-        let target = &inner.target;
+        let target = &self.inner.target;
         if target.topic.is_empty() {
             return Err(RpcError::InvalidTarget {
                 target: target.to_string(),
@@ -528,19 +508,22 @@ impl RpcServer {
                 reason: "a server needs a server name",
             });
         }
-        tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
-        // Requests are taken off their queue when they start; a prefetch of
-        // one keeps a busy server from holding requests another server
-        // could run.
-        let listener = inner
-            .transport
-            .listen(target, ListenOptions { prefetch: 1 })
-            .await?;
-        let (stop, stopped) = oneshot::channel();
-        let pump = tokio::spawn(pump(inner.clone(), listener, stopped));
-        *state = Some(Running { stop, pump });
-        inner.running.store(true, Ordering::Release);
-        Ok(())
+        let inner = self.inner.clone();
+        let open = || async {
+            // Requests are taken off their queue when they start; a
+            // prefetch of one keeps a busy server from holding requests
+            // another server could run.
+            Ok(self
+                .inner
+                .transport
+                .listen(target, ListenOptions { prefetch: 1 })
+                .await?)
+        };
+        self.pump
+            .start(format!("RPC server on {target}"), open, move |call| {
+                handle(inner.clone(), call)
+            })
+            .await
     }
 
     /// Stops taking requests and waits until those being handled are done
@@ -553,16 +536,7 @@ impl RpcServer {
     /// If dropped before it completes the server still stops taking
     /// requests; handlers already running finish on their own.
     pub async fn stop(&self) {
-        let mut state = self.state.lock().await;
-        if let Some(r) = state.take() {
-            self.inner.running.store(false, Ordering::Release);
-            let _ = r.stop.send(());
-            let _ = r.pump.await;
-        }
-        let permits = self.inner.permits as u32;
-        if let Ok(all) = self.inner.semaphore.acquire_many(permits).await {
-            drop(all);
-        }
+        self.pump.stop().await;
     }
 
     /// A snapshot of the counters.
@@ -582,61 +556,13 @@ impl RpcServer {
     }
 }
 
-impl Drop for RpcServer {
-    fn drop(&mut self) {
-        // Dropping the stop sender ends the pump; running handlers finish.
-        let _ = self.state.get_mut().take();
-    }
-}
-
-async fn pump(
-    inner: Arc<ServerInner>,
-    mut listener: Box<dyn Listener<IncomingCall>>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            p = inner.semaphore.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let incoming = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            r = listener.recv() => r,
-        };
-        match incoming {
-            Ok(call) => {
-                // Most handlers finish without waiting: run their first poll
-                // here and spawn only those that wait, which saves a task
-                // and a scheduling hop per request.
-                let mut task = Box::pin(handle(inner.clone(), call, permit));
-                let done = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_ready())).await;
-                if !done {
-                    tokio::spawn(task);
-                }
-            }
-            Err(e) => {
-                log_error!("RPC server on {} stops: {}", inner.target, e);
-                break;
-            }
-        }
-    }
-    // Let go of the queues before `stop` returns: what the listener held
-    // but had not handed out goes back.
-    listener.close().await;
-}
-
 /// How one request ended.
 enum Outcome {
     Ok(Box<RawValue>),
     Failed(RemoteError),
 }
 
-async fn handle(inner: Arc<ServerInner>, call: IncomingCall, permit: OwnedSemaphorePermit) {
+async fn handle(inner: Arc<ServerInner>, call: IncomingCall) {
     let IncomingCall {
         ctx,
         message,
@@ -658,7 +584,6 @@ async fn handle(inner: Arc<ServerInner>, call: IncomingCall, permit: OwnedSemaph
             log_error!("cannot reply to a call on {}: {}", inner.target, e);
         }
     }
-    drop(permit);
 }
 
 async fn dispatch(inner: &ServerInner, ctx: Context, message: RpcMessage) -> Outcome {
