@@ -19,7 +19,8 @@ use crate::context::Context;
 use crate::error::TransportError;
 use crate::notify::Priority;
 use crate::shared::{
-    bump, complete_reply, request_route, Pending, PendingGuard, RequestRoute, Stats,
+    bump, complete_reply, request_route, Pending, PendingGuard, RequestRoute, SeenIds, SeenKey,
+    Stats,
 };
 use crate::target::Target;
 use crate::transport::{
@@ -486,6 +487,7 @@ impl Transport for InprocTransport {
                 fanout_queue: fanout_q,
                 ids: self.ids.clone(),
                 stats: self.stats.clone(),
+                seen: SeenIds::for_prefetch(options.prefetch),
             }) as Box<dyn Listener<IncomingCall>>)
         })
     }
@@ -522,6 +524,7 @@ impl Transport for InprocTransport {
                 consumers,
                 next: 0,
                 stats: self.stats.clone(),
+                seen: Arc::new(Mutex::new(SeenIds::for_prefetch(options.prefetch))),
             }) as Box<dyn Listener<IncomingNotification>>)
         })
     }
@@ -589,6 +592,8 @@ struct RpcListener {
     fanout_queue: String,
     ids: Arc<IdGen>,
     stats: Arc<Stats>,
+    /// The `_unique_id`s of the requests taken last (oslo's `_MsgIdCache`).
+    seen: SeenIds,
 }
 
 impl Listener<IncomingCall> for RpcListener {
@@ -596,7 +601,7 @@ impl Listener<IncomingCall> for RpcListener {
         Box::pin(async move {
             loop {
                 let delivery = recv_any(&self.consumers, &mut self.next).await?;
-                let request = match WireRequest::decode_with(delivery.body(), false) {
+                let request = match WireRequest::decode(delivery.body()) {
                     Ok(r) => r,
                     Err(e) => {
                         bump(&self.stats.malformed);
@@ -608,6 +613,16 @@ impl Listener<IncomingCall> for RpcListener {
                         continue;
                     }
                 };
+                // As oslo's RPC listener: an id seen before is a duplicate,
+                // dropped; a new one is remembered as it is taken.
+                if let Some(key) = SeenKey::of(request.unique_id.as_deref()) {
+                    if self.seen.contains(&key) {
+                        bump(&self.stats.duplicates);
+                        log_debug!("dropping a duplicate request on {}", delivery.queue());
+                        continue;
+                    }
+                    self.seen.insert(key);
+                }
                 let responder = match (request.msg_id, request.reply_q) {
                     (Some(msg_id), Some(reply_q)) => Some(Box::new(InprocResponder {
                         broker: self.broker.clone(),
@@ -682,6 +697,9 @@ struct NotificationListener {
     consumers: Vec<Consumer>,
     next: usize,
     stats: Arc<Stats>,
+    /// The `_unique_id`s of the notifications handled last (acknowledged,
+    /// not requeued): oslo's `_MsgIdCache`.
+    seen: Arc<Mutex<SeenIds>>,
 }
 
 impl Listener<IncomingNotification> for NotificationListener {
@@ -691,10 +709,22 @@ impl Listener<IncomingNotification> for NotificationListener {
                 let delivery = recv_any(&self.consumers, &mut self.next).await?;
                 match WireNotification::decode(delivery.body()) {
                     Ok(message) => {
+                        let key = SeenKey::of(message.unique_id.as_deref());
+                        if key.as_ref().is_some_and(|k| self.seen.lock().contains(k)) {
+                            // Handled already (its acknowledgement was lost):
+                            // acknowledged now, not handled again.
+                            bump(&self.stats.duplicates);
+                            log_debug!("dropping a duplicate notification");
+                            delivery.ack();
+                            continue;
+                        }
                         return Ok(IncomingNotification {
                             message,
-                            acknowledger: Box::new(InprocAck(delivery)),
-                        })
+                            acknowledger: Box::new(InprocAck {
+                                delivery,
+                                remember: key.map(|k| (self.seen.clone(), k)),
+                            }),
+                        });
                     }
                     Err(e) => {
                         bump(&self.stats.malformed);
@@ -708,14 +738,24 @@ impl Listener<IncomingNotification> for NotificationListener {
 }
 
 #[derive(Debug)]
-struct InprocAck(Delivery);
+struct InprocAck {
+    delivery: Delivery,
+    /// Where its `_unique_id` goes once acknowledged.
+    remember: Option<(Arc<Mutex<SeenIds>>, SeenKey)>,
+}
 
 impl Acknowledger for InprocAck {
     fn settle(self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), TransportError>> {
+        let InprocAck { delivery, remember } = *self;
         if requeue {
-            self.0.nack(true);
+            delivery.nack(true);
         } else {
-            self.0.ack();
+            // As oslo: remembered once acknowledged; a requeued one is
+            // meant to come back.
+            if let Some((seen, key)) = remember {
+                seen.lock().insert(key);
+            }
+            delivery.ack();
         }
         Box::pin(std::future::ready(Ok(())))
     }

@@ -232,15 +232,21 @@ impl Notifier {
             payload,
             timestamp: utc_timestamp(),
             ctx: ctx.clone(),
-            unique_id: Some(uuid::Uuid::new_v4().simple().to_string()),
+            unique_id: None,
         };
         for topic in self.topics.iter() {
+            // As oslo's driver: the copy for each topic is a message of its
+            // own, with its own `_unique_id` (one listener on two topics
+            // must not take the second for a duplicate of the first); the
+            // `message_id` is the notification's.
+            let mut copy = message.clone();
+            copy.unique_id = Some(uuid::Uuid::new_v4().simple().to_string());
             self.transport
                 .send_notification_with_retry(
                     self.exchange.as_deref(),
                     topic,
                     priority,
-                    message.clone(),
+                    copy,
                     self.retry,
                 )
                 .await?;

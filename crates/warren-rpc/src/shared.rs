@@ -1,7 +1,7 @@
 //! What the transports share: counters, the map of calls waiting for a
-//! reply, and the reading of replies.
+//! reply, the reading of replies, and the memory of message ids seen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -22,6 +22,7 @@ pub(crate) struct Stats {
     pub(crate) undeliverable_replies: AtomicU64,
     pub(crate) notifications_sent: AtomicU64,
     pub(crate) reconnects: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
 }
 
 impl Stats {
@@ -35,6 +36,7 @@ impl Stats {
             undeliverable_replies: g(&self.undeliverable_replies),
             notifications_sent: g(&self.notifications_sent),
             reconnects: g(&self.reconnects),
+            duplicates: g(&self.duplicates),
         }
     }
 }
@@ -94,6 +96,95 @@ pub(crate) fn complete_reply(body: &[u8], pending: &Pending, ids: &IdGen, stats:
     }
 }
 
+/// A message's `_unique_id`, as remembered: oslo's (and warren-rpc's) are
+/// 32 hex digits, kept as a number; anything else as its text.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum SeenKey {
+    Hex(u128),
+    Text(Box<str>),
+}
+
+impl SeenKey {
+    /// The key of a `_unique_id`; `None` for none (or an empty one): such a
+    /// message is never taken for a duplicate.
+    pub(crate) fn of(unique_id: Option<&str>) -> Option<SeenKey> {
+        let id = unique_id.filter(|s| !s.is_empty())?;
+        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if let Ok(n) = u128::from_str_radix(id, 16) {
+                return Some(SeenKey::Hex(n));
+            }
+        }
+        Some(SeenKey::Text(id.into()))
+    }
+}
+
+/// The `_unique_id`s a listener received last: oslo's `_MsgIdCache`, which
+/// drops a message whose id it has seen (a redelivery after a lost
+/// acknowledgement), bounded: the oldest id is forgotten first.
+///
+/// oslo keeps 16 ids. Here the bound follows the listener's prefetch (twice
+/// it, at least oslo's 16, at most 4096): the ids that matter are those of
+/// messages handled whose acknowledgement the connection may have lost,
+/// and there are at most as many as a listener may hold.
+#[derive(Debug)]
+pub(crate) struct SeenIds {
+    capacity: usize,
+    order: VecDeque<SeenKey>,
+    set: HashSet<SeenKey>,
+}
+
+impl SeenIds {
+    /// oslo's `DUP_MSG_CHECK_SIZE`.
+    pub(crate) const OSLO_CAPACITY: usize = 16;
+    const MAX_CAPACITY: usize = 4096;
+
+    /// Remembers the last `capacity` ids (at least 1).
+    pub(crate) fn new(capacity: usize) -> SeenIds {
+        let capacity = capacity.max(1);
+        SeenIds {
+            capacity,
+            order: VecDeque::with_capacity(capacity.min(64)),
+            set: HashSet::with_capacity(capacity.min(64)),
+        }
+    }
+
+    /// Sized for a listener holding up to `prefetch` messages per queue (0:
+    /// no limit).
+    pub(crate) fn for_prefetch(prefetch: u32) -> SeenIds {
+        let n = match prefetch {
+            0 => Self::MAX_CAPACITY,
+            p => (p as usize).saturating_mul(2),
+        };
+        SeenIds::new(n.clamp(Self::OSLO_CAPACITY, Self::MAX_CAPACITY))
+    }
+
+    /// Whether `key` is among the ids remembered.
+    pub(crate) fn contains(&self, key: &SeenKey) -> bool {
+        self.set.contains(key)
+    }
+
+    /// Remembers `key` (forgetting the oldest when full); remembering it
+    /// again changes nothing.
+    pub(crate) fn insert(&mut self, key: SeenKey) {
+        if self.set.contains(&key) {
+            return;
+        }
+        if self.order.len() == self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(key.clone());
+        self.set.insert(key);
+    }
+
+    /// How many ids are remembered.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.order.len()
+    }
+}
+
 /// Where oslo's rabbit driver sends a request for a target.
 pub(crate) enum RequestRoute<'a> {
     /// Fanout: exchange `<topic>_fanout`, routing key `""`.
@@ -117,5 +208,89 @@ pub(crate) fn request_route(target: &crate::Target) -> RequestRoute<'_> {
             RequestRoute::Topic(k.into())
         }
         None => RequestRoute::Topic(target.topic.as_str().into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(n: u128) -> String {
+        format!("{n:032x}")
+    }
+
+    #[test]
+    fn keys_of_unique_ids() {
+        let id = "cb5a5ab59f2d408897029ad1a9e30611";
+        assert_eq!(
+            SeenKey::of(Some(id)),
+            Some(SeenKey::Hex(0xcb5a5ab59f2d408897029ad1a9e30611))
+        );
+        // Upper case is the same number; other text stays text.
+        assert_eq!(
+            SeenKey::of(Some(&id.to_ascii_uppercase())),
+            SeenKey::of(Some(id))
+        );
+        assert_eq!(
+            SeenKey::of(Some("not-a-uuid")),
+            Some(SeenKey::Text("not-a-uuid".into()))
+        );
+        assert_eq!(SeenKey::of(Some("")), None);
+        assert_eq!(SeenKey::of(None), None);
+    }
+
+    #[test]
+    fn seen_ids_are_bounded_and_forget_the_oldest_first() {
+        let mut seen = SeenIds::new(3);
+        let k = |n| SeenKey::of(Some(&hex(n))).unwrap();
+        for n in 0..3 {
+            assert!(!seen.contains(&k(n)));
+            seen.insert(k(n));
+        }
+        seen.insert(k(1));
+        assert_eq!(seen.len(), 3, "remembering again adds nothing");
+        seen.insert(k(3));
+        assert_eq!(seen.len(), 3);
+        assert!(!seen.contains(&k(0)), "the oldest went");
+        assert!((1..4).all(|n| seen.contains(&k(n))));
+        // Many distinct ids: never more than the bound, and the last ones
+        // are all there.
+        for n in 4..1000 {
+            seen.insert(k(n));
+        }
+        assert_eq!(seen.len(), 3);
+        assert!((997..1000).all(|n| seen.contains(&k(n))));
+    }
+
+    /// Replies need no memory of ids: a call's `_msg_id` is used once, so
+    /// a redelivered final reply finds no call waiting and is dropped (oslo's
+    /// reply waiter does the same: its `_MsgIdCache` is never filled).
+    #[test]
+    fn a_duplicated_reply_completes_its_call_once() {
+        let ids = IdGen::new();
+        let stats = Stats::default();
+        let pending: Pending = Mutex::new(HashMap::default());
+        let (key, msg_id) = ids.next();
+        let (tx, mut rx) = oneshot::channel();
+        pending.lock().insert(key, tx);
+        let result = RawValue::from_string("42".into()).unwrap();
+        let body =
+            crate::wire::encode_reply(Some(&result), None, true, msg_id.as_str(), &hex(7)).unwrap();
+        complete_reply(&body, &pending, &ids, &stats);
+        complete_reply(&body, &pending, &ids, &stats);
+        match rx.try_recv() {
+            Ok(Reply::Result(r)) => assert_eq!(r.get(), "42"),
+            other => panic!("expected the result, got {other:?}"),
+        }
+        let st = stats.snapshot();
+        assert_eq!((st.replies_received, st.late_replies), (1, 1));
+    }
+
+    #[test]
+    fn the_bound_follows_the_prefetch() {
+        assert_eq!(SeenIds::for_prefetch(1).capacity, SeenIds::OSLO_CAPACITY);
+        assert_eq!(SeenIds::for_prefetch(64).capacity, 128);
+        assert_eq!(SeenIds::for_prefetch(0).capacity, 4096);
+        assert_eq!(SeenIds::for_prefetch(u32::MAX).capacity, 4096);
     }
 }

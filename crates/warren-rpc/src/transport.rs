@@ -66,6 +66,12 @@ impl Default for ListenOptions {
 ///
 /// Dropping a listener stops it: messages it had not handed out go back to
 /// their queues; a server's fanout queue is deleted.
+///
+/// The listeners of warren-rpc's transports check for duplicates as oslo's
+/// rabbit driver does: a request whose `_unique_id` the listener took
+/// recently, or a notification whose `_unique_id` it acknowledged recently,
+/// is acknowledged and dropped (counted in [`TransportStats::duplicates`]),
+/// so that a redelivery after a lost acknowledgement is not handled twice.
 pub trait Listener<T>: Send + fmt::Debug {
     /// The next message.
     ///
@@ -156,6 +162,10 @@ pub struct TransportStats {
     /// Connections to the broker re-established after a loss (always 0 for
     /// `inproc`).
     pub reconnects: u64,
+    /// Requests and notifications dropped because the listener had received
+    /// one with the same `_unique_id` (a redelivery, as after a lost
+    /// acknowledgement): oslo's duplicate message check.
+    pub duplicates: u64,
 }
 
 /// A messaging driver: sends and listens (oslo's `BaseDriver`).

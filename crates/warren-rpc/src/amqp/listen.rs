@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::link::{Budget, Delivered, Fault, Link, Outgoing, Shared};
 use crate::error::TransportError;
-use crate::shared::{bump, complete_reply, Pending};
+use crate::shared::{bump, complete_reply, Pending, SeenIds, SeenKey};
 use crate::transport::{
     Acknowledger, BoxFuture, IncomingCall, IncomingNotification, Listener, Reply, Responder,
 };
@@ -372,6 +372,9 @@ pub(crate) struct RpcListener {
     pub(crate) shared: Arc<Shared>,
     pub(crate) deliveries: mpsc::UnboundedReceiver<Delivery>,
     pub(crate) subscription: Option<Subscription>,
+    /// The `_unique_id`s of the requests taken last (oslo's
+    /// `_MsgIdCache`); it outlives reconnections.
+    pub(crate) seen: SeenIds,
 }
 
 impl std::fmt::Debug for RpcListener {
@@ -390,7 +393,7 @@ impl Listener<IncomingCall> for RpcListener {
                     continue;
                 }
                 ack_in_background(d.acker.clone());
-                let request = match WireRequest::decode_with(&d.data, false) {
+                let request = match WireRequest::decode(&d.data) {
                     Ok(r) => r,
                     Err(e) => {
                         bump(&self.shared.stats.malformed);
@@ -398,6 +401,17 @@ impl Listener<IncomingCall> for RpcListener {
                         continue;
                     }
                 };
+                // As oslo's RPC listener: acknowledged, then an id seen
+                // before is a duplicate (a redelivery after a lost
+                // acknowledgement), dropped; a new one is remembered.
+                if let Some(key) = SeenKey::of(request.unique_id.as_deref()) {
+                    if self.seen.contains(&key) {
+                        bump(&self.shared.stats.duplicates);
+                        log_debug!("dropping a duplicate request on {}", d.routing_key);
+                        continue;
+                    }
+                    self.seen.insert(key);
+                }
                 let responder = match (request.msg_id, request.reply_q) {
                     (Some(msg_id), Some(reply_q)) => Some(Box::new(AmqpResponder {
                         shared: self.shared.clone(),
@@ -480,6 +494,9 @@ pub(crate) struct NotificationListener {
     pub(crate) shared: Arc<Shared>,
     pub(crate) deliveries: mpsc::UnboundedReceiver<Delivery>,
     pub(crate) subscription: Option<Subscription>,
+    /// The `_unique_id`s of the notifications handled last (acknowledged,
+    /// not requeued): oslo's `_MsgIdCache`.
+    pub(crate) seen: Arc<parking_lot::Mutex<SeenIds>>,
 }
 
 impl std::fmt::Debug for NotificationListener {
@@ -499,10 +516,23 @@ impl Listener<IncomingNotification> for NotificationListener {
                 }
                 match WireNotification::decode(&d.data) {
                     Ok(message) => {
+                        let key = SeenKey::of(message.unique_id.as_deref());
+                        if key.as_ref().is_some_and(|k| self.seen.lock().contains(k)) {
+                            // Handled already, its acknowledgement lost with
+                            // a connection: acknowledged now, not handled
+                            // again.
+                            bump(&self.shared.stats.duplicates);
+                            log_debug!("dropping a duplicate notification");
+                            ack_in_background(d.acker);
+                            continue;
+                        }
                         return Ok(IncomingNotification {
                             message,
-                            acknowledger: Box::new(AmqpAck(d.acker)),
-                        })
+                            acknowledger: Box::new(AmqpAck {
+                                acker: d.acker,
+                                remember: key.map(|k| (self.seen.clone(), k)),
+                            }),
+                        });
                     }
                     Err(e) => {
                         bump(&self.shared.stats.malformed);
@@ -524,25 +554,37 @@ impl Listener<IncomingNotification> for NotificationListener {
 }
 
 #[derive(Debug)]
-struct AmqpAck(Acker);
+struct AmqpAck {
+    acker: Acker,
+    /// Where its `_unique_id` goes once acknowledged.
+    remember: Option<(Arc<parking_lot::Mutex<SeenIds>>, SeenKey)>,
+}
 
 impl Acknowledger for AmqpAck {
     fn settle(self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), TransportError>> {
         Box::pin(async move {
+            let AmqpAck { acker, remember } = *self;
             let result = if requeue {
-                self.0
+                acker
                     .nack(BasicNackOptions {
                         requeue: true,
                         multiple: false,
                     })
                     .await
             } else {
-                self.0.ack(BasicAckOptions::default()).await
+                // As oslo: remembered as it is acknowledged, whether or not
+                // the acknowledgement reaches the broker: if the connection
+                // loses it, the redelivered copy is dropped. A requeued one
+                // is meant to come back.
+                if let Some((seen, key)) = remember {
+                    seen.lock().insert(key);
+                }
+                acker.ack(BasicAckOptions::default()).await
             };
             match result {
                 Ok(_) => Ok(()),
                 // The channel is gone: the broker delivers it again.
-                Err(_) if self.0.poisoned() => Ok(()),
+                Err(_) if acker.poisoned() => Ok(()),
                 Err(e) => Err(TransportError::Protocol(e.to_string())),
             }
         })

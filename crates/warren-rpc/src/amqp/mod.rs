@@ -16,7 +16,7 @@ use self::listen::{ExchangeSpec, QueueSpec, Sink, Subscription, Topology};
 use crate::context::Context;
 use crate::error::TransportError;
 use crate::notify::Priority;
-use crate::shared::{bump, request_route, Pending, PendingGuard, RequestRoute};
+use crate::shared::{bump, request_route, Pending, PendingGuard, RequestRoute, SeenIds};
 use crate::target::Target;
 use crate::transport::{
     BoxFuture, IncomingCall, IncomingNotification, ListenOptions, Listener, Reply, SendOptions,
@@ -590,6 +590,7 @@ impl Transport for AmqpTransport {
                 prefetch: self.prefetch(options.prefetch),
                 no_ack: false,
             };
+            let seen = SeenIds::for_prefetch(u32::from(topology.prefetch));
             let (tx, rx) = mpsc::unbounded_channel();
             let subscription = Subscription::start(
                 &self.shared,
@@ -602,6 +603,7 @@ impl Transport for AmqpTransport {
                 shared: self.shared.clone(),
                 deliveries: rx,
                 subscription: Some(subscription),
+                seen,
             }) as Box<dyn Listener<IncomingCall>>)
         })
     }
@@ -639,6 +641,7 @@ impl Transport for AmqpTransport {
                 prefetch: self.prefetch(options.prefetch),
                 no_ack: false,
             };
+            let seen = SeenIds::for_prefetch(u32::from(topology.prefetch));
             let (tx, rx) = mpsc::unbounded_channel();
             let subscription = Subscription::start(
                 &self.shared,
@@ -651,6 +654,7 @@ impl Transport for AmqpTransport {
                 shared: self.shared.clone(),
                 deliveries: rx,
                 subscription: Some(subscription),
+                seen: Arc::new(parking_lot::Mutex::new(seen)),
             }) as Box<dyn Listener<IncomingNotification>>)
         })
     }
