@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::Poll;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use warren_core::{
     BasicProperties, Broker, ConsumeOptions, Consumer, Delivery, Error as CoreError,
@@ -19,8 +18,8 @@ use crate::context::Context;
 use crate::error::TransportError;
 use crate::notify::Priority;
 use crate::shared::{
-    bump, complete_reply, request_route, Pending, PendingGuard, RequestRoute, SeenIds, SeenKey,
-    Stats,
+    bump, call_monitor_timeout, complete_reply, expect_reply, request_route, Pending, RequestRoute,
+    SeenIds, SeenKey, Stats,
 };
 use crate::target::Target;
 use crate::transport::{
@@ -29,7 +28,8 @@ use crate::transport::{
 };
 use crate::util::{log_debug, log_warn, random_hex, IdGen};
 use crate::wire::{
-    encode_reply, encode_request, RequestFields, RpcMessage, WireNotification, WireRequest,
+    encode_reply, encode_request, RequestFields, RpcMessage, WireError, WireNotification,
+    WireRequest,
 };
 
 const DEFAULT_EXCHANGE: &str = "openstack";
@@ -361,13 +361,7 @@ impl Transport for InprocTransport {
             }
             let (reply_q, pending) = self.replies()?;
             let (key, msg_id) = self.ids.next();
-            let (tx, rx) = oneshot::channel();
-            pending.lock().insert(key, tx);
-            let mut guard = PendingGuard {
-                pending: &pending,
-                key,
-                armed: true,
-            };
+            let (mut guard, wait) = expect_reply(&pending, key, options.call_monitor_timeout);
             let body = encode_request(
                 &message,
                 ctx,
@@ -387,7 +381,7 @@ impl Transport for InprocTransport {
                 msg.properties = BasicProperties::default().with_expiration(ms.to_string());
             }
             self.publish(exchange, kind, routing_key, msg, options.mandatory)?;
-            let reply = rx.await.map_err(|_| TransportError::Closed)?;
+            let reply = wait.wait().await?;
             guard.armed = false;
             Ok(Some(reply))
         })
@@ -638,6 +632,7 @@ impl Listener<IncomingCall> for RpcListener {
                     ctx: request.ctx,
                     message: request.message,
                     responder,
+                    call_monitor_timeout: call_monitor_timeout(request.timeout),
                 });
             }
         })
@@ -664,6 +659,20 @@ struct InprocResponder {
     stats: Arc<Stats>,
 }
 
+impl InprocResponder {
+    /// Publishes a reply body to the reply queue; `false` if the queue is
+    /// gone.
+    fn send(&self, body: Result<Vec<u8>, WireError>) -> Result<bool, TransportError> {
+        let body = body.map_err(|e| TransportError::Encode(e.to_string()))?;
+        match self.broker.publish("", &self.reply_q, Message::new(body)) {
+            Ok(p) => Ok(!p.is_unroutable()),
+            Err(e) => Err(TransportError::Broker(e.error().cloned().unwrap_or_else(
+                || CoreError::PreconditionFailed("queue full".into()),
+            ))),
+        }
+    }
+}
+
 impl Responder for InprocResponder {
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.ids.next();
@@ -673,19 +682,25 @@ impl Responder for InprocResponder {
                 encode_reply(None, Some(f), true, &self.msg_id, unique_id.as_str())
             }
         };
-        let result = match body {
-            Err(e) => Err(TransportError::Encode(e.to_string())),
-            Ok(body) => match self.broker.publish("", &self.reply_q, Message::new(body)) {
-                Ok(p) if p.is_unroutable() => {
-                    bump(&self.stats.undeliverable_replies);
-                    log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
-                    Ok(())
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(TransportError::Broker(e.error().cloned().unwrap_or_else(
-                    || CoreError::PreconditionFailed("queue full".into()),
-                ))),
-            },
+        let result = self.send(body).map(|routed| {
+            if !routed {
+                bump(&self.stats.undeliverable_replies);
+                log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
+            }
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
+        let (_, unique_id) = self.ids.next();
+        let body = encode_reply(None, None, false, &self.msg_id, unique_id.as_str());
+        let result = match self.send(body) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TransportError::Unroutable {
+                exchange: String::new(),
+                routing_key: self.reply_q.clone(),
+            }),
+            Err(e) => Err(e),
         };
         Box::pin(std::future::ready(result))
     }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -14,10 +15,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::context::Context;
-use crate::error::{RemoteError, RpcError, DISPATCHER_MODULE};
+use crate::error::{RemoteError, RpcError, TransportError, DISPATCHER_MODULE};
 use crate::pump::Pump;
 use crate::target::{Target, Version};
-use crate::transport::{BoxFuture, IncomingCall, ListenOptions, Reply, Transport};
+use crate::transport::{BoxFuture, IncomingCall, ListenOptions, Reply, Responder, Transport};
 use crate::util::{log_debug, log_error, panic_message, CatchUnwind};
 use crate::wire::RpcMessage;
 
@@ -347,6 +348,9 @@ pub struct ServerStats {
     pub no_such_method: u64,
     /// Requests no endpoint's namespace and version could serve.
     pub unsupported_version: u64,
+    /// Call-monitor heartbeats sent to callers waiting on a running
+    /// handler.
+    pub heartbeats: u64,
 }
 
 #[derive(Debug, Default)]
@@ -359,6 +363,7 @@ struct Counters {
     panics: AtomicU64,
     no_such_method: AtomicU64,
     unsupported_version: AtomicU64,
+    heartbeats: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -391,6 +396,12 @@ struct ServerInner {
 /// others wait in the queues, where another server on the topic may take
 /// them. [`RpcServer::stop`] stops taking requests and waits for those
 /// running; [`RpcServer::start`] resumes.
+///
+/// A call whose caller set a call-monitor timeout (oslo's
+/// `call_monitor_timeout`, sent as `_timeout`) gets a heartbeat every half
+/// of it while its handler runs (at most every 10 ms), so that the caller
+/// can tell a slow handler from a dead server; see
+/// [`ServerStats::heartbeats`].
 ///
 /// A handler that returns an error sends it to the caller as a remote
 /// error. Errors the endpoint declares as expected are not counted or logged
@@ -552,6 +563,7 @@ impl RpcServer {
             panics: g(&c.panics),
             no_such_method: g(&c.no_such_method),
             unsupported_version: g(&c.unsupported_version),
+            heartbeats: g(&c.heartbeats),
         }
     }
 }
@@ -566,7 +578,8 @@ async fn handle(inner: Arc<ServerInner>, call: IncomingCall) {
     let IncomingCall {
         ctx,
         message,
-        responder,
+        mut responder,
+        call_monitor_timeout,
     } = call;
     let c = &inner.counters;
     bump(if responder.is_some() {
@@ -574,7 +587,14 @@ async fn handle(inner: Arc<ServerInner>, call: IncomingCall) {
     } else {
         &c.casts
     });
-    let outcome = dispatch(&inner, ctx, message).await;
+    let work = dispatch(&inner, ctx, message);
+    // Borrowed mutably: a responder is `Send`, not `Sync`.
+    let outcome = match (&mut responder, call_monitor_timeout) {
+        (Some(r), Some(monitor)) if !monitor.is_zero() => {
+            with_heartbeats(&inner, r.as_mut(), heartbeat_interval(monitor), work).await
+        }
+        _ => work.await,
+    };
     if let Some(responder) = responder {
         let reply = match outcome {
             Outcome::Ok(r) => Reply::Result(r),
@@ -584,6 +604,63 @@ async fn handle(inner: Arc<ServerInner>, call: IncomingCall) {
             log_error!("cannot reply to a call on {}: {}", inner.target, e);
         }
     }
+}
+
+/// The shortest interval between two heartbeats of a call.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often to heartbeat a call whose caller gives up after `monitor`
+/// without news: every half of it, as oslo's dispatcher, so that a
+/// heartbeat delayed in the queues still arrives in time.
+fn heartbeat_interval(monitor: Duration) -> Duration {
+    (monitor / 2).max(MIN_HEARTBEAT_INTERVAL)
+}
+
+/// Runs `work`, sending a heartbeat to the caller every `every` until it
+/// is done (oslo's call-monitor watchdog). A heartbeat that cannot be sent
+/// (the caller's reply queue is gone) ends the heartbeats, not the work.
+/// One still being sent when the work ends is finished first, so that it
+/// cannot overtake the reply.
+async fn with_heartbeats<F: Future>(
+    inner: &ServerInner,
+    responder: &mut dyn Responder,
+    every: Duration,
+    work: F,
+) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sending: Option<BoxFuture<'static, Result<(), TransportError>>> = None;
+    let mut beating = true;
+    let sent = |r: Result<(), TransportError>, beating: &mut bool| match r {
+        Ok(()) => bump(&inner.counters.heartbeats),
+        Err(e) => {
+            log_debug!("heartbeats to a caller on {} stop: {}", inner.target, e);
+            *beating = false;
+        }
+    };
+    let out = loop {
+        tokio::select! {
+            biased;
+            out = &mut work => break out,
+            r = async {
+                match sending.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                sending = None;
+                sent(r, &mut beating);
+            }
+            _ = ticks.tick(), if beating && sending.is_none() => {
+                sending = Some(responder.heartbeat());
+            }
+        }
+    };
+    if let Some(f) = sending {
+        sent(f.await, &mut beating);
+    }
+    out
 }
 
 async fn dispatch(inner: &ServerInner, ctx: Context, message: RpcMessage) -> Outcome {

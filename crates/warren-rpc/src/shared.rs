@@ -3,11 +3,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
+use crate::error::TransportError;
 use crate::transport::{Reply, TransportStats};
 use crate::util::{log_debug, log_warn, BuildCounterHasher, IdGen};
 use crate::wire::read_reply;
@@ -23,6 +26,7 @@ pub(crate) struct Stats {
     pub(crate) notifications_sent: AtomicU64,
     pub(crate) reconnects: AtomicU64,
     pub(crate) duplicates: AtomicU64,
+    pub(crate) heartbeats_received: AtomicU64,
 }
 
 impl Stats {
@@ -37,6 +41,7 @@ impl Stats {
             notifications_sent: g(&self.notifications_sent),
             reconnects: g(&self.reconnects),
             duplicates: g(&self.duplicates),
+            heartbeats_received: g(&self.heartbeats_received),
         }
     }
 }
@@ -45,8 +50,16 @@ pub(crate) fn bump(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A call waiting for its reply.
+#[derive(Debug)]
+pub(crate) struct Waiter {
+    reply: oneshot::Sender<Reply>,
+    /// Told of each call-monitor heartbeat, for a monitored call.
+    beat: Option<Arc<Notify>>,
+}
+
 /// Calls waiting for their reply, by the counter of their `_msg_id`.
-pub(crate) type Pending = Mutex<HashMap<u64, oneshot::Sender<Reply>, BuildCounterHasher>>;
+pub(crate) type Pending = Mutex<HashMap<u64, Waiter, BuildCounterHasher>>;
 
 /// Removes a pending call's entry unless the reply reader already did.
 pub(crate) struct PendingGuard<'a> {
@@ -63,23 +76,106 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
+/// The waiting end of a call registered in [`Pending`].
+pub(crate) struct ReplyWait {
+    rx: oneshot::Receiver<Reply>,
+    beat: Option<Arc<Notify>>,
+    monitor: Option<Duration>,
+}
+
+/// Registers a call as `key`, before its request is sent; with a
+/// call-monitor timeout, heartbeats for it are watched.
+pub(crate) fn expect_reply(
+    pending: &Pending,
+    key: u64,
+    call_monitor_timeout: Option<Duration>,
+) -> (PendingGuard<'_>, ReplyWait) {
+    let (tx, rx) = oneshot::channel();
+    let beat = call_monitor_timeout.map(|_| Arc::new(Notify::new()));
+    pending.lock().insert(
+        key,
+        Waiter {
+            reply: tx,
+            beat: beat.clone(),
+        },
+    );
+    let guard = PendingGuard {
+        pending,
+        key,
+        armed: true,
+    };
+    let wait = ReplyWait {
+        rx,
+        beat,
+        monitor: call_monitor_timeout,
+    };
+    (guard, wait)
+}
+
+impl ReplyWait {
+    /// The reply. With a call-monitor timeout, as oslo's reply waiter: fails
+    /// once neither the reply nor a heartbeat came for that long (each
+    /// heartbeat starts the wait afresh). The call's own timeout is the
+    /// caller's to enforce.
+    ///
+    /// # Errors
+    ///
+    /// [`TransportError::CallMonitorTimeout`]; [`TransportError::Closed`]
+    /// when the reply reader went away.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping it abandons the call (with the guard, its
+    /// entry goes).
+    pub(crate) async fn wait(self) -> Result<Reply, TransportError> {
+        let ReplyWait {
+            mut rx,
+            beat,
+            monitor,
+        } = self;
+        let (Some(beat), Some(limit)) = (beat, monitor) else {
+            return rx.await.map_err(|_| TransportError::Closed);
+        };
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut rx => return r.map_err(|_| TransportError::Closed),
+                // A heartbeat: wait afresh.
+                _ = beat.notified() => {}
+                _ = tokio::time::sleep(limit) => {
+                    return Err(TransportError::CallMonitorTimeout(limit))
+                }
+            }
+        }
+    }
+}
+
 /// Reads one reply body: completes the call waiting for its `_msg_id`, or
 /// drops it (counted as late or malformed). A call-monitor heartbeat
-/// (`ending: false`, no result) is ignored.
+/// (`ending: false`, no result, no failure) restarts the waiting call's
+/// call-monitor timeout, and is otherwise ignored (never late: one may
+/// cross the final reply).
 pub(crate) fn complete_reply(body: &[u8], pending: &Pending, ids: &IdGen, stats: &Stats) {
     let read = read_reply(body, |msg_id, _unique_id, result, failure, ending| {
         let outcome = match (failure, result) {
-            (Some(f), _) => Reply::Failure(Box::new(f)),
-            (None, Some(r)) => Reply::Result(r),
-            (None, None) if ending => Reply::Result(RawValue::NULL.to_owned()),
-            // A call-monitor heartbeat: nothing to hand over.
-            (None, None) => return None,
+            (Some(f), _) => Some(Reply::Failure(Box::new(f))),
+            (None, Some(r)) => Some(Reply::Result(r)),
+            (None, None) if ending => Some(Reply::Result(RawValue::NULL.to_owned())),
+            // A call-monitor heartbeat.
+            (None, None) => None,
         };
-        Some((msg_id.and_then(|m| ids.parse(m)), outcome))
+        (msg_id.and_then(|m| ids.parse(m)), outcome)
     });
     let (key, outcome) = match read {
-        Ok(Some(r)) => r,
-        Ok(None) => return,
+        Ok((key, Some(outcome))) => (key, outcome),
+        Ok((key, None)) => {
+            let map = pending.lock();
+            if let Some(beat) = key.and_then(|k| map.get(&k)).and_then(|w| w.beat.as_ref()) {
+                beat.notify_one();
+                bump(&stats.heartbeats_received);
+            }
+            return;
+        }
         Err(e) => {
             bump(&stats.malformed);
             log_warn!("dropping a malformed reply: {}", e);
@@ -87,13 +183,21 @@ pub(crate) fn complete_reply(body: &[u8], pending: &Pending, ids: &IdGen, stats:
         }
     };
     let waiter = key.and_then(|key| pending.lock().remove(&key));
-    match waiter.map(|tx| tx.send(outcome)) {
+    match waiter.map(|w| w.reply.send(outcome)) {
         Some(Ok(())) => bump(&stats.replies_received),
         _ => {
             bump(&stats.late_replies);
             log_debug!("dropping a reply nobody waits for: {:?}", key);
         }
     }
+}
+
+/// The call-monitor timeout a request carries (`_timeout`, seconds), if
+/// it is a usable one.
+pub(crate) fn call_monitor_timeout(seconds: Option<f64>) -> Option<Duration> {
+    seconds
+        .filter(|s| *s > 0.0)
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
 }
 
 /// A message's `_unique_id`, as remembered: oslo's (and warren-rpc's) are
@@ -271,8 +375,8 @@ mod tests {
         let stats = Stats::default();
         let pending: Pending = Mutex::new(HashMap::default());
         let (key, msg_id) = ids.next();
-        let (tx, mut rx) = oneshot::channel();
-        pending.lock().insert(key, tx);
+        let (mut guard, wait) = expect_reply(&pending, key, None);
+        let mut rx = wait.rx;
         let result = RawValue::from_string("42".into()).unwrap();
         let body =
             crate::wire::encode_reply(Some(&result), None, true, msg_id.as_str(), &hex(7)).unwrap();
@@ -282,6 +386,7 @@ mod tests {
             Ok(Reply::Result(r)) => assert_eq!(r.get(), "42"),
             other => panic!("expected the result, got {other:?}"),
         }
+        guard.armed = false;
         let st = stats.snapshot();
         assert_eq!((st.replies_received, st.late_replies), (1, 1));
     }

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::link::{Budget, Delivered, Fault, Link, Outgoing, Shared};
 use crate::error::TransportError;
-use crate::shared::{bump, complete_reply, Pending, SeenIds, SeenKey};
+use crate::shared::{bump, call_monitor_timeout, complete_reply, Pending, SeenIds, SeenKey};
 use crate::transport::{
     Acknowledger, BoxFuture, IncomingCall, IncomingNotification, Listener, Reply, Responder,
 };
@@ -425,6 +425,7 @@ impl Listener<IncomingCall> for RpcListener {
                     ctx: request.ctx,
                     message: request.message,
                     responder,
+                    call_monitor_timeout: call_monitor_timeout(request.timeout),
                 });
             }
         })
@@ -448,6 +449,33 @@ struct AmqpResponder {
     msg_id: String,
 }
 
+/// Publishes a reply body to `reply_q`, waiting up to [`REPLY_PATIENCE`]
+/// for the connection.
+async fn send_reply(
+    shared: &Arc<Shared>,
+    reply_q: &str,
+    body: &[u8],
+) -> Result<Delivered, TransportError> {
+    let out = Outgoing {
+        exchange: "",
+        declare: None,
+        routing_key: reply_q,
+        body,
+        expiration: None,
+        mandatory: true,
+    };
+    match tokio::time::timeout(REPLY_PATIENCE, shared.publish(&out, None)).await {
+        Ok(Ok(Delivered::Nacked)) => Err(TransportError::Rejected {
+            exchange: String::new(),
+            routing_key: reply_q.to_owned(),
+        }),
+        Ok(r) => r,
+        Err(_) => Err(TransportError::Connection(format!(
+            "no connection to send the reply within {REPLY_PATIENCE:?}"
+        ))),
+    }
+}
+
 impl Responder for AmqpResponder {
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
         Box::pin(async move {
@@ -461,29 +489,27 @@ impl Responder for AmqpResponder {
                 }
             }
             .map_err(|e| TransportError::Encode(e.to_string()))?;
-            let out = Outgoing {
-                exchange: "",
-                declare: None,
-                routing_key: &self.reply_q,
-                body: &body,
-                expiration: None,
-                mandatory: true,
-            };
-            match tokio::time::timeout(REPLY_PATIENCE, self.shared.publish(&out, None)).await {
-                Ok(Ok(Delivered::Routed)) => Ok(()),
-                Ok(Ok(Delivered::Returned)) => {
-                    bump(&self.shared.stats.undeliverable_replies);
-                    log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
-                    Ok(())
-                }
-                Ok(Ok(Delivered::Nacked)) => Err(TransportError::Rejected {
+            if send_reply(&self.shared, &self.reply_q, &body).await? == Delivered::Returned {
+                bump(&self.shared.stats.undeliverable_replies);
+                log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
+            }
+            Ok(())
+        })
+    }
+
+    fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
+        let (_, unique_id) = self.shared.ids.next();
+        let body = encode_reply(None, None, false, &self.msg_id, unique_id.as_str());
+        let shared = self.shared.clone();
+        let reply_q = self.reply_q.clone();
+        Box::pin(async move {
+            let body = body.map_err(|e| TransportError::Encode(e.to_string()))?;
+            match send_reply(&shared, &reply_q, &body).await? {
+                Delivered::Returned => Err(TransportError::Unroutable {
                     exchange: String::new(),
-                    routing_key: self.reply_q.clone(),
+                    routing_key: reply_q,
                 }),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(TransportError::Connection(format!(
-                    "no connection to send the reply within {REPLY_PATIENCE:?}"
-                ))),
+                _ => Ok(()),
             }
         })
     }
