@@ -88,8 +88,11 @@ struct VolumeApi {
 
 impl VolumeApi {
     fn new(transport: Arc<dyn Transport>) -> VolumeApi {
+        // A call waits at most 30 s; a server that dies with it is noticed
+        // after 10 s without its heartbeats (oslo's call_monitor_timeout).
         let client = RpcClient::new(transport, Target::new("volume").with_version(API))
             .with_timeout(Duration::from_secs(30))
+            .with_call_monitor_timeout(Duration::from_secs(10))
             .with_version_cap(API);
         VolumeApi { client }
     }

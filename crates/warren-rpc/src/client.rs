@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::context::Context;
-use crate::error::RpcError;
+use crate::error::{RpcError, TransportError};
 use crate::target::{Target, Version};
 use crate::transport::{Reply, SendOptions, Transport};
 use crate::wire::{args_to_raw, RpcMessage};
@@ -56,6 +56,9 @@ pub struct PrepareOptions {
     pub version_cap: Option<Option<Version>>,
     /// Replaces the connection retry limit.
     pub retry: Option<Option<u32>>,
+    /// Replaces the call-monitor timeout (see
+    /// [`RpcClient::with_call_monitor_timeout`]).
+    pub call_monitor_timeout: Option<Option<Duration>>,
 }
 
 impl PrepareOptions {
@@ -129,6 +132,19 @@ impl PrepareOptions {
         self.retry = Some(retry);
         self
     }
+
+    /// Sets the call-monitor timeout (see
+    /// [`RpcClient::with_call_monitor_timeout`]).
+    pub fn with_call_monitor_timeout(mut self, timeout: Duration) -> Self {
+        self.call_monitor_timeout = Some(Some(timeout));
+        self
+    }
+
+    /// Calls are not monitored: they wait for their timeout only.
+    pub fn without_call_monitor_timeout(mut self) -> Self {
+        self.call_monitor_timeout = Some(None);
+        self
+    }
 }
 
 /// Invokes methods on remote servers (oslo's `RPCClient`).
@@ -173,6 +189,7 @@ pub struct RpcClient {
     /// `target.version` as sent on the wire, made once.
     version_text: Option<Arc<str>>,
     timeout: Duration,
+    call_monitor_timeout: Option<Duration>,
     version_cap: Option<Version>,
     retry: Option<u32>,
     mandatory: bool,
@@ -183,6 +200,7 @@ impl fmt::Debug for RpcClient {
         f.debug_struct("RpcClient")
             .field("target", &self.target)
             .field("timeout", &self.timeout)
+            .field("call_monitor_timeout", &self.call_monitor_timeout)
             .field("version_cap", &self.version_cap)
             .field("retry", &self.retry)
             .field("transport", &self.transport.url())
@@ -199,6 +217,7 @@ impl RpcClient {
             target: Arc::new(target),
             version_text,
             timeout: DEFAULT_TIMEOUT,
+            call_monitor_timeout: None,
             version_cap: None,
             retry: None,
             mandatory: false,
@@ -208,6 +227,39 @@ impl RpcClient {
     /// Sets the call timeout.
     pub fn with_timeout(mut self, timeout: Duration) -> RpcClient {
         self.timeout = timeout;
+        self
+    }
+
+    /// Sets the call-monitor timeout (oslo's `call_monitor_timeout`): a
+    /// call fails with [`RpcError::Timeout`] once neither its reply nor a
+    /// heartbeat came for this long, even well before its timeout, which
+    /// still bounds the call as a whole.
+    ///
+    /// The server, told of it with the request (`_timeout`), heartbeats
+    /// every half of it while the handler runs: a slow handler keeps its
+    /// call alive, a server that died with the call does not, and the
+    /// caller learns it after about this long instead of the whole timeout.
+    /// Set it below the timeout.
+    ///
+    /// oslo's servers truncate it to whole seconds and do not heartbeat
+    /// under 2 s; warren-rpc's heartbeat for any value (at most every
+    /// 10 ms). Use at least 2 s when Python servers may answer.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use warren_rpc::{InprocTransport, RpcClient, Target};
+    ///
+    /// let t = Arc::new(InprocTransport::new(warren_core::Broker::new()));
+    /// let client = RpcClient::new(t, Target::new("volume"))
+    ///     .with_timeout(Duration::from_secs(600))
+    ///     .with_call_monitor_timeout(Duration::from_secs(30));
+    /// assert_eq!(client.call_monitor_timeout(), Some(Duration::from_secs(30)));
+    /// ```
+    pub fn with_call_monitor_timeout(mut self, timeout: Duration) -> RpcClient {
+        self.call_monitor_timeout = Some(timeout);
         self
     }
 
@@ -246,6 +298,7 @@ impl RpcClient {
             timeout,
             version_cap,
             retry,
+            call_monitor_timeout,
         } = options;
         if let Some(x) = exchange {
             target.exchange = x;
@@ -274,6 +327,7 @@ impl RpcClient {
             target: Arc::new(target),
             version_text,
             timeout: timeout.unwrap_or(self.timeout),
+            call_monitor_timeout: call_monitor_timeout.unwrap_or(self.call_monitor_timeout),
             version_cap: version_cap.unwrap_or(self.version_cap),
             retry: retry.unwrap_or(self.retry),
             mandatory: self.mandatory,
@@ -288,6 +342,11 @@ impl RpcClient {
     /// The call timeout.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The call-monitor timeout.
+    pub fn call_monitor_timeout(&self) -> Option<Duration> {
+        self.call_monitor_timeout
     }
 
     /// The version cap.
@@ -348,7 +407,7 @@ impl RpcClient {
         SendOptions {
             wait_for_reply,
             timeout: wait_for_reply.then_some(self.timeout),
-            call_monitor_timeout: None,
+            call_monitor_timeout: self.call_monitor_timeout.filter(|_| wait_for_reply),
             retry: self.retry,
             mandatory: self.mandatory,
         }
@@ -364,7 +423,8 @@ impl RpcClient {
     /// # Errors
     ///
     /// [`RpcError::Timeout`] when no reply came in time (a late reply is
-    /// dropped); [`RpcError::Remote`], [`RpcError::NoSuchMethod`],
+    /// dropped), or, with a call-monitor timeout, when neither the reply nor
+    /// a heartbeat came for that long; [`RpcError::Remote`], [`RpcError::NoSuchMethod`],
     /// [`RpcError::UnsupportedVersion`] from the server;
     /// [`RpcError::VersionCap`], [`RpcError::InvalidTarget`] (fanout),
     /// [`RpcError::Encode`], [`RpcError::Decode`], [`RpcError::Transport`].
@@ -398,6 +458,12 @@ impl RpcClient {
                 return Err(RpcError::Timeout {
                     method: method.to_owned(),
                     timeout: self.timeout,
+                })
+            }
+            Ok(Err(TransportError::CallMonitorTimeout(timeout))) => {
+                return Err(RpcError::Timeout {
+                    method: method.to_owned(),
+                    timeout,
                 })
             }
             Ok(r) => r?,

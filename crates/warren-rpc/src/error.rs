@@ -19,13 +19,16 @@ pub(crate) const DISPATCHER_MODULE: &str = "oslo_messaging.rpc.dispatcher";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RpcError {
-    /// No reply came within the call's timeout (oslo's `MessagingTimeout`).
-    /// A reply arriving later is dropped.
+    /// No reply came within the call's timeout, or, for a call with a
+    /// call-monitor timeout, neither the reply nor a heartbeat came within
+    /// that (oslo's `MessagingTimeout`, in both cases). A reply arriving
+    /// later is dropped.
     #[error("timed out after {timeout:?} waiting for a reply to '{method}'")]
     Timeout {
         /// The method called.
         method: String,
-        /// The timeout that ran out.
+        /// The timeout that ran out: the call's, or its call-monitor
+        /// timeout.
         timeout: Duration,
     },
     /// The handler failed: the remote error's type name, message and data.
@@ -150,6 +153,11 @@ pub enum TransportError {
     /// A message could not be encoded.
     #[error("cannot encode message: {0}")]
     Encode(String),
+    /// A call with a call-monitor timeout got neither its reply nor a
+    /// heartbeat for that long: the server is presumed gone. The client
+    /// reports it as [`RpcError::Timeout`].
+    #[error("no reply or heartbeat within the call-monitor timeout of {0:?}")]
+    CallMonitorTimeout(Duration),
 }
 
 /// A failure as it crosses the wire: oslo's `failure`, the JSON of

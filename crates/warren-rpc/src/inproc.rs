@@ -7,7 +7,6 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::Poll;
 
 use parking_lot::{Mutex, RwLock};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use warren_core::{
     BasicProperties, Broker, ConsumeOptions, Consumer, Delivery, Error as CoreError,
@@ -19,7 +18,8 @@ use crate::context::Context;
 use crate::error::TransportError;
 use crate::notify::Priority;
 use crate::shared::{
-    bump, complete_reply, request_route, Pending, PendingGuard, RequestRoute, Stats,
+    bump, call_monitor_timeout, complete_reply, expect_reply, request_route, Pending, RequestRoute,
+    SeenIds, SeenKey, Stats,
 };
 use crate::target::Target;
 use crate::transport::{
@@ -28,7 +28,8 @@ use crate::transport::{
 };
 use crate::util::{log_debug, log_warn, random_hex, IdGen};
 use crate::wire::{
-    encode_reply, encode_request, RequestFields, RpcMessage, WireNotification, WireRequest,
+    encode_reply, encode_request, RequestFields, RpcMessage, WireError, WireNotification,
+    WireRequest,
 };
 
 const DEFAULT_EXCHANGE: &str = "openstack";
@@ -360,13 +361,7 @@ impl Transport for InprocTransport {
             }
             let (reply_q, pending) = self.replies()?;
             let (key, msg_id) = self.ids.next();
-            let (tx, rx) = oneshot::channel();
-            pending.lock().insert(key, tx);
-            let mut guard = PendingGuard {
-                pending: &pending,
-                key,
-                armed: true,
-            };
+            let (mut guard, wait) = expect_reply(&pending, key, options.call_monitor_timeout);
             let body = encode_request(
                 &message,
                 ctx,
@@ -386,7 +381,7 @@ impl Transport for InprocTransport {
                 msg.properties = BasicProperties::default().with_expiration(ms.to_string());
             }
             self.publish(exchange, kind, routing_key, msg, options.mandatory)?;
-            let reply = rx.await.map_err(|_| TransportError::Closed)?;
+            let reply = wait.wait().await?;
             guard.armed = false;
             Ok(Some(reply))
         })
@@ -486,6 +481,7 @@ impl Transport for InprocTransport {
                 fanout_queue: fanout_q,
                 ids: self.ids.clone(),
                 stats: self.stats.clone(),
+                seen: SeenIds::for_prefetch(options.prefetch),
             }) as Box<dyn Listener<IncomingCall>>)
         })
     }
@@ -522,6 +518,7 @@ impl Transport for InprocTransport {
                 consumers,
                 next: 0,
                 stats: self.stats.clone(),
+                seen: Arc::new(Mutex::new(SeenIds::for_prefetch(options.prefetch))),
             }) as Box<dyn Listener<IncomingNotification>>)
         })
     }
@@ -589,6 +586,8 @@ struct RpcListener {
     fanout_queue: String,
     ids: Arc<IdGen>,
     stats: Arc<Stats>,
+    /// The `_unique_id`s of the requests taken last (oslo's `_MsgIdCache`).
+    seen: SeenIds,
 }
 
 impl Listener<IncomingCall> for RpcListener {
@@ -596,7 +595,7 @@ impl Listener<IncomingCall> for RpcListener {
         Box::pin(async move {
             loop {
                 let delivery = recv_any(&self.consumers, &mut self.next).await?;
-                let request = match WireRequest::decode_with(delivery.body(), false) {
+                let request = match WireRequest::decode(delivery.body()) {
                     Ok(r) => r,
                     Err(e) => {
                         bump(&self.stats.malformed);
@@ -608,6 +607,16 @@ impl Listener<IncomingCall> for RpcListener {
                         continue;
                     }
                 };
+                // As oslo's RPC listener: an id seen before is a duplicate,
+                // dropped; a new one is remembered as it is taken.
+                if let Some(key) = SeenKey::of(request.unique_id.as_deref()) {
+                    if self.seen.contains(&key) {
+                        bump(&self.stats.duplicates);
+                        log_debug!("dropping a duplicate request on {}", delivery.queue());
+                        continue;
+                    }
+                    self.seen.insert(key);
+                }
                 let responder = match (request.msg_id, request.reply_q) {
                     (Some(msg_id), Some(reply_q)) => Some(Box::new(InprocResponder {
                         broker: self.broker.clone(),
@@ -623,6 +632,7 @@ impl Listener<IncomingCall> for RpcListener {
                     ctx: request.ctx,
                     message: request.message,
                     responder,
+                    call_monitor_timeout: call_monitor_timeout(request.timeout),
                 });
             }
         })
@@ -649,6 +659,20 @@ struct InprocResponder {
     stats: Arc<Stats>,
 }
 
+impl InprocResponder {
+    /// Publishes a reply body to the reply queue; `false` if the queue is
+    /// gone.
+    fn send(&self, body: Result<Vec<u8>, WireError>) -> Result<bool, TransportError> {
+        let body = body.map_err(|e| TransportError::Encode(e.to_string()))?;
+        match self.broker.publish("", &self.reply_q, Message::new(body)) {
+            Ok(p) => Ok(!p.is_unroutable()),
+            Err(e) => Err(TransportError::Broker(e.error().cloned().unwrap_or_else(
+                || CoreError::PreconditionFailed("queue full".into()),
+            ))),
+        }
+    }
+}
+
 impl Responder for InprocResponder {
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.ids.next();
@@ -658,19 +682,25 @@ impl Responder for InprocResponder {
                 encode_reply(None, Some(f), true, &self.msg_id, unique_id.as_str())
             }
         };
-        let result = match body {
-            Err(e) => Err(TransportError::Encode(e.to_string())),
-            Ok(body) => match self.broker.publish("", &self.reply_q, Message::new(body)) {
-                Ok(p) if p.is_unroutable() => {
-                    bump(&self.stats.undeliverable_replies);
-                    log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
-                    Ok(())
-                }
-                Ok(_) => Ok(()),
-                Err(e) => Err(TransportError::Broker(e.error().cloned().unwrap_or_else(
-                    || CoreError::PreconditionFailed("queue full".into()),
-                ))),
-            },
+        let result = self.send(body).map(|routed| {
+            if !routed {
+                bump(&self.stats.undeliverable_replies);
+                log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
+            }
+        });
+        Box::pin(std::future::ready(result))
+    }
+
+    fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
+        let (_, unique_id) = self.ids.next();
+        let body = encode_reply(None, None, false, &self.msg_id, unique_id.as_str());
+        let result = match self.send(body) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TransportError::Unroutable {
+                exchange: String::new(),
+                routing_key: self.reply_q.clone(),
+            }),
+            Err(e) => Err(e),
         };
         Box::pin(std::future::ready(result))
     }
@@ -682,6 +712,9 @@ struct NotificationListener {
     consumers: Vec<Consumer>,
     next: usize,
     stats: Arc<Stats>,
+    /// The `_unique_id`s of the notifications handled last (acknowledged,
+    /// not requeued): oslo's `_MsgIdCache`.
+    seen: Arc<Mutex<SeenIds>>,
 }
 
 impl Listener<IncomingNotification> for NotificationListener {
@@ -691,10 +724,22 @@ impl Listener<IncomingNotification> for NotificationListener {
                 let delivery = recv_any(&self.consumers, &mut self.next).await?;
                 match WireNotification::decode(delivery.body()) {
                     Ok(message) => {
+                        let key = SeenKey::of(message.unique_id.as_deref());
+                        if key.as_ref().is_some_and(|k| self.seen.lock().contains(k)) {
+                            // Handled already (its acknowledgement was lost):
+                            // acknowledged now, not handled again.
+                            bump(&self.stats.duplicates);
+                            log_debug!("dropping a duplicate notification");
+                            delivery.ack();
+                            continue;
+                        }
                         return Ok(IncomingNotification {
                             message,
-                            acknowledger: Box::new(InprocAck(delivery)),
-                        })
+                            acknowledger: Box::new(InprocAck {
+                                delivery,
+                                remember: key.map(|k| (self.seen.clone(), k)),
+                            }),
+                        });
                     }
                     Err(e) => {
                         bump(&self.stats.malformed);
@@ -708,14 +753,24 @@ impl Listener<IncomingNotification> for NotificationListener {
 }
 
 #[derive(Debug)]
-struct InprocAck(Delivery);
+struct InprocAck {
+    delivery: Delivery,
+    /// Where its `_unique_id` goes once acknowledged.
+    remember: Option<(Arc<Mutex<SeenIds>>, SeenKey)>,
+}
 
 impl Acknowledger for InprocAck {
     fn settle(self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), TransportError>> {
+        let InprocAck { delivery, remember } = *self;
         if requeue {
-            self.0.nack(true);
+            delivery.nack(true);
         } else {
-            self.0.ack();
+            // As oslo: remembered once acknowledged; a requeued one is
+            // meant to come back.
+            if let Some((seen, key)) = remember {
+                seen.lock().insert(key);
+            }
+            delivery.ack();
         }
         Box::pin(std::future::ready(Ok(())))
     }

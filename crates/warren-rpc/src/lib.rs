@@ -47,8 +47,9 @@
 //! | driver (`impl_rabbit`, `impl_fake`) | the [`Transport`] trait (`Arc<dyn Transport>`); `AmqpTransport` (feature `amqp`), [`InprocTransport`] |
 //! | `Target(exchange, topic, server, fanout, namespace, version)` | [`Target`] |
 //! | version string `'3.1'`, `version_is_compatible` | [`Version`], [`Version::can_serve`] |
-//! | `RPCClient(transport, target, timeout=, version_cap=, retry=)` | [`RpcClient::new`] + `with_timeout` / `with_version_cap` / `with_retry` |
-//! | `client.prepare(server=, fanout=, timeout=, version=, ...)` | [`RpcClient::prepare`]`(`[`PrepareOptions`]`)` |
+//! | `RPCClient(transport, target, timeout=, version_cap=, retry=, call_monitor_timeout=)` | [`RpcClient::new`] + `with_timeout` / `with_version_cap` / `with_retry` / [`with_call_monitor_timeout`](RpcClient::with_call_monitor_timeout) |
+//! | `client.prepare(server=, fanout=, timeout=, version=, call_monitor_timeout=, ...)` | [`RpcClient::prepare`]`(`[`PrepareOptions`]`)` |
+//! | call-monitor heartbeats (`_timeout` in the request; the dispatcher's watchdog sends `ending: false` replies every half of it) | servers heartbeat on their own ([`ServerStats::heartbeats`]); a call fails with [`RpcError::Timeout`] after its call-monitor timeout without news |
 //! | `client.call(ctxt, 'method', **kwargs)` | [`RpcClient::call`]`(&ctx, "method", &args).await` (args: a struct, serde) |
 //! | `client.cast(ctxt, 'method', **kwargs)` | [`RpcClient::cast`] |
 //! | `client.can_send_version('3.2')` | [`RpcClient::can_send_version`] |
@@ -57,6 +58,7 @@
 //! | `get_rpc_server(transport, target, endpoints, executor)` | [`RpcServer::new`], [`RpcServerOptions::max_in_flight`] |
 //! | `server.start()`, `server.stop(); server.wait()` | [`RpcServer::start`], [`RpcServer::stop`] |
 //! | `MessagingTimeout` | [`RpcError::Timeout`] |
+//! | `_unique_id` on every message, `_MsgIdCache` dropping duplicates | the same in every listener of both transports ([`TransportStats::duplicates`]) |
 //! | `RemoteError(exc_type, value, traceback)` | [`RpcError::Remote`]`(`[`RemoteError`]`)` |
 //! | `NoSuchMethod`, `UnsupportedVersion` | [`RpcError::NoSuchMethod`], [`RpcError::UnsupportedVersion`] |
 //! | `RPCVersionCapError` | [`RpcError::VersionCap`] |
@@ -112,6 +114,12 @@
 //!   as `module`.
 //! - A client with a version cap and no target version sends `1.0` (oslo
 //!   refuses).
+//! - A server heartbeats a call for any call-monitor timeout, every half of
+//!   it (at most every 10 ms); oslo's truncates it to whole seconds and
+//!   does not heartbeat under 2 s.
+//! - A listener remembers the `_unique_id`s of up to twice its prefetch (at
+//!   least oslo's 16), and acknowledges a duplicate notification it drops
+//!   (oslo leaves it unacknowledged).
 //!
 //! # Feature flags
 //!
@@ -129,6 +137,7 @@ mod context;
 mod error;
 mod inproc;
 mod notify;
+mod pump;
 mod server;
 mod shared;
 mod target;

@@ -1,21 +1,20 @@
 //! Notifications (see [`Notifier`] and [`NotificationListener`]).
 
 use std::fmt;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 
 use regex::Regex;
 use serde::Serialize;
 use serde_json::{Map, Value};
-use tokio::sync::{oneshot, Semaphore};
 
 use crate::context::Context;
-use crate::error::{RpcError, TransportError};
+use crate::error::RpcError;
+use crate::pump::Pump;
 use crate::target::Target;
-use crate::transport::{BoxFuture, IncomingNotification, ListenOptions, Listener, Transport};
+use crate::transport::{BoxFuture, IncomingNotification, ListenOptions, Transport};
 use crate::util::{log_error, panic_message, utc_timestamp, CatchUnwind};
 use crate::wire::WireNotification;
 
@@ -233,15 +232,21 @@ impl Notifier {
             payload,
             timestamp: utc_timestamp(),
             ctx: ctx.clone(),
-            unique_id: Some(uuid::Uuid::new_v4().simple().to_string()),
+            unique_id: None,
         };
         for topic in self.topics.iter() {
+            // As oslo's driver: the copy for each topic is a message of its
+            // own, with its own `_unique_id` (one listener on two topics
+            // must not take the second for a duplicate of the first); the
+            // `message_id` is the notification's.
+            let mut copy = message.clone();
+            copy.unique_id = Some(uuid::Uuid::new_v4().simple().to_string());
             self.transport
                 .send_notification_with_retry(
                     self.exchange.as_deref(),
                     topic,
                     priority,
-                    message.clone(),
+                    copy,
                     self.retry,
                 )
                 .await?;
@@ -679,14 +684,7 @@ struct ListenerInner {
     targets: Vec<Target>,
     endpoints: Vec<NotificationEndpoint>,
     options: NotificationListenerOptions,
-    permits: usize,
-    semaphore: Arc<Semaphore>,
     counters: ListenerCounters,
-}
-
-struct Running {
-    stop: oneshot::Sender<()>,
-    pump: tokio::task::JoinHandle<()>,
 }
 
 /// Receives notifications and hands them to endpoints (oslo's
@@ -720,7 +718,7 @@ struct Running {
 /// ```
 pub struct NotificationListener {
     inner: Arc<ListenerInner>,
-    running: tokio::sync::Mutex<Option<Running>>,
+    pump: Pump,
 }
 
 impl fmt::Debug for NotificationListener {
@@ -754,20 +752,16 @@ impl NotificationListener {
         endpoints: Vec<NotificationEndpoint>,
         options: NotificationListenerOptions,
     ) -> NotificationListener {
-        let permits = options
-            .max_in_flight
-            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
+        let pump = Pump::new(options.max_in_flight);
         NotificationListener {
             inner: Arc::new(ListenerInner {
                 transport,
                 targets,
                 endpoints,
                 options,
-                permits,
-                semaphore: Arc::new(Semaphore::new(permits)),
                 counters: ListenerCounters::default(),
             }),
-            running: tokio::sync::Mutex::new(None),
+            pump,
         }
     }
 
@@ -785,10 +779,6 @@ impl NotificationListener {
     /// Cancel safe: if dropped before it completes, the listener is not
     /// started.
     pub async fn start(&self) -> Result<(), RpcError> {
-        let mut running = self.running.lock().await;
-        if running.is_some() {
-            return Ok(());
-        }
         let inner = &self.inner;
         if let Some(t) = inner.targets.iter().find(|t| t.topic.is_empty()) {
             return Err(RpcError::InvalidTarget {
@@ -796,33 +786,36 @@ impl NotificationListener {
                 reason: "a notification target needs a topic",
             });
         }
-        tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
-        let mut priorities: Vec<Priority> = inner
-            .endpoints
-            .iter()
-            .flat_map(NotificationEndpoint::priorities)
-            .collect();
-        priorities.sort();
-        priorities.dedup();
-        let pairs: Vec<(Target, Priority)> = inner
-            .targets
-            .iter()
-            .flat_map(|t| priorities.iter().map(move |p| (t.clone(), *p)))
-            .collect();
-        let listener = inner
-            .transport
-            .listen_for_notifications(
-                &pairs,
-                inner.options.pool.as_deref(),
-                ListenOptions {
-                    prefetch: inner.permits as u32,
-                },
-            )
-            .await?;
-        let (stop, stopped) = oneshot::channel();
-        let pump = tokio::spawn(pump(inner.clone(), listener, stopped));
-        *running = Some(Running { stop, pump });
-        Ok(())
+        let prefetch = self.pump.max_in_flight() as u32;
+        let open = || async move {
+            let mut priorities: Vec<Priority> = inner
+                .endpoints
+                .iter()
+                .flat_map(NotificationEndpoint::priorities)
+                .collect();
+            priorities.sort();
+            priorities.dedup();
+            let pairs: Vec<(Target, Priority)> = inner
+                .targets
+                .iter()
+                .flat_map(|t| priorities.iter().map(move |p| (t.clone(), *p)))
+                .collect();
+            Ok(inner
+                .transport
+                .listen_for_notifications(
+                    &pairs,
+                    inner.options.pool.as_deref(),
+                    ListenOptions { prefetch },
+                )
+                .await?)
+        };
+        let handler = self.inner.clone();
+        self.pump
+            .start("notification listener".to_owned(), open, move |n| {
+                let inner = handler.clone();
+                async move { dispatch(&inner, n).await }
+            })
+            .await
     }
 
     /// Stops taking notifications and waits for those being handled.
@@ -834,15 +827,7 @@ impl NotificationListener {
     /// If dropped before it completes the listener still stops; handlers
     /// already running finish on their own.
     pub async fn stop(&self) {
-        let mut running = self.running.lock().await;
-        if let Some(r) = running.take() {
-            let _ = r.stop.send(());
-            let _ = r.pump.await;
-        }
-        let permits = self.inner.permits as u32;
-        if let Ok(all) = self.inner.semaphore.acquire_many(permits).await {
-            drop(all);
-        }
+        self.pump.stop().await;
     }
 
     /// A snapshot of the counters.
@@ -857,49 +842,6 @@ impl NotificationListener {
             panics: g(&c.panics),
         }
     }
-}
-
-async fn pump(
-    inner: Arc<ListenerInner>,
-    mut listener: Box<dyn Listener<IncomingNotification>>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            p = inner.semaphore.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let incoming = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            r = listener.recv() => r,
-        };
-        match incoming {
-            Ok(n) => {
-                let inner = inner.clone();
-                // As the RPC server: first poll here, spawn if it waits.
-                let mut task = Box::pin(async move {
-                    dispatch(&inner, n).await;
-                    drop(permit);
-                });
-                let done = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_ready())).await;
-                if !done {
-                    tokio::spawn(task);
-                }
-            }
-            Err(e) => {
-                log_error!("notification listener stops: {}", e);
-                break;
-            }
-        }
-    }
-    // Let go of the queues before `stop` returns: what the listener held
-    // but had not handed out goes back.
-    listener.close().await;
 }
 
 async fn dispatch(inner: &ListenerInner, incoming: IncomingNotification) {
@@ -964,14 +906,6 @@ async fn dispatch(inner: &ListenerInner, incoming: IncomingNotification) {
     }
     if let Err(e) = acknowledger.settle(requeue).await {
         log_error!("cannot settle a notification: {}", e);
-    }
-}
-
-impl Drop for NotificationListener {
-    fn drop(&mut self) {
-        // Dropping `Running` drops the stop sender: the pump sees it and
-        // ends, dropping its transport listener.
-        let _ = self.running.get_mut().take();
     }
 }
 

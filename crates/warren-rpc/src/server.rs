@@ -4,21 +4,21 @@
 use std::any::TypeId;
 use std::collections::HashMap;
 use std::fmt;
-use std::future::{poll_fn, Future};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::context::Context;
 use crate::error::{RemoteError, RpcError, TransportError, DISPATCHER_MODULE};
+use crate::pump::Pump;
 use crate::target::{Target, Version};
-use crate::transport::{BoxFuture, IncomingCall, ListenOptions, Listener, Reply, Transport};
+use crate::transport::{BoxFuture, IncomingCall, ListenOptions, Reply, Responder, Transport};
 use crate::util::{log_debug, log_error, panic_message, CatchUnwind};
 use crate::wire::RpcMessage;
 
@@ -348,6 +348,9 @@ pub struct ServerStats {
     pub no_such_method: u64,
     /// Requests no endpoint's namespace and version could serve.
     pub unsupported_version: u64,
+    /// Call-monitor heartbeats sent to callers waiting on a running
+    /// handler.
+    pub heartbeats: u64,
 }
 
 #[derive(Debug, Default)]
@@ -360,6 +363,7 @@ struct Counters {
     panics: AtomicU64,
     no_such_method: AtomicU64,
     unsupported_version: AtomicU64,
+    heartbeats: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -370,15 +374,7 @@ struct ServerInner {
     transport: Arc<dyn Transport>,
     target: Target,
     endpoints: Vec<Endpoint>,
-    permits: usize,
-    semaphore: Arc<Semaphore>,
     counters: Counters,
-    running: AtomicBool,
-}
-
-struct Running {
-    stop: oneshot::Sender<()>,
-    pump: tokio::task::JoinHandle<()>,
 }
 
 /// Serves RPC requests for one server on a topic (oslo's `RPCServer`).
@@ -400,6 +396,12 @@ struct Running {
 /// others wait in the queues, where another server on the topic may take
 /// them. [`RpcServer::stop`] stops taking requests and waits for those
 /// running; [`RpcServer::start`] resumes.
+///
+/// A call whose caller set a call-monitor timeout (oslo's
+/// `call_monitor_timeout`, sent as `_timeout`) gets a heartbeat every half
+/// of it while its handler runs (at most every 10 ms), so that the caller
+/// can tell a slow handler from a dead server; see
+/// [`ServerStats::heartbeats`].
 ///
 /// A handler that returns an error sends it to the caller as a remote
 /// error. Errors the endpoint declares as expected are not counted or logged
@@ -437,7 +439,7 @@ struct Running {
 /// ```
 pub struct RpcServer {
     inner: Arc<ServerInner>,
-    state: tokio::sync::Mutex<Option<Running>>,
+    pump: Pump,
 }
 
 impl fmt::Debug for RpcServer {
@@ -445,7 +447,7 @@ impl fmt::Debug for RpcServer {
         f.debug_struct("RpcServer")
             .field("target", &self.inner.target)
             .field("endpoints", &self.inner.endpoints)
-            .field("max_in_flight", &self.inner.permits)
+            .field("max_in_flight", &self.pump.max_in_flight())
             .field("running", &self.is_running())
             .finish()
     }
@@ -469,20 +471,14 @@ impl RpcServer {
         endpoints: Vec<Endpoint>,
         options: RpcServerOptions,
     ) -> RpcServer {
-        let permits = options
-            .max_in_flight
-            .clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
         RpcServer {
             inner: Arc::new(ServerInner {
                 transport,
                 target,
                 endpoints,
-                permits,
-                semaphore: Arc::new(Semaphore::new(permits)),
                 counters: Counters::default(),
-                running: AtomicBool::new(false),
             }),
-            state: tokio::sync::Mutex::new(None),
+            pump: Pump::new(options.max_in_flight),
         }
     }
 
@@ -493,7 +489,7 @@ impl RpcServer {
 
     /// Whether it is started.
     pub fn is_running(&self) -> bool {
-        self.inner.running.load(Ordering::Acquire)
+        self.pump.is_running()
     }
 
     /// Starts serving: declares the exchange and queues, then takes requests
@@ -510,12 +506,7 @@ impl RpcServer {
     /// Cancel safe: if dropped before it completes, the server is not
     /// started.
     pub async fn start(&self) -> Result<(), RpcError> {
-        let mut state = self.state.lock().await;
-        if state.is_some() {
-            return Ok(());
-        }
-        let inner = &self.inner;
-        let target = &inner.target;
+        let target = &self.inner.target;
         if target.topic.is_empty() {
             return Err(RpcError::InvalidTarget {
                 target: target.to_string(),
@@ -528,19 +519,22 @@ impl RpcServer {
                 reason: "a server needs a server name",
             });
         }
-        tokio::runtime::Handle::try_current().map_err(|_| TransportError::NoRuntime)?;
-        // Requests are taken off their queue when they start; a prefetch of
-        // one keeps a busy server from holding requests another server
-        // could run.
-        let listener = inner
-            .transport
-            .listen(target, ListenOptions { prefetch: 1 })
-            .await?;
-        let (stop, stopped) = oneshot::channel();
-        let pump = tokio::spawn(pump(inner.clone(), listener, stopped));
-        *state = Some(Running { stop, pump });
-        inner.running.store(true, Ordering::Release);
-        Ok(())
+        let inner = self.inner.clone();
+        let open = || async {
+            // Requests are taken off their queue when they start; a
+            // prefetch of one keeps a busy server from holding requests
+            // another server could run.
+            Ok(self
+                .inner
+                .transport
+                .listen(target, ListenOptions { prefetch: 1 })
+                .await?)
+        };
+        self.pump
+            .start(format!("RPC server on {target}"), open, move |call| {
+                handle(inner.clone(), call)
+            })
+            .await
     }
 
     /// Stops taking requests and waits until those being handled are done
@@ -553,16 +547,7 @@ impl RpcServer {
     /// If dropped before it completes the server still stops taking
     /// requests; handlers already running finish on their own.
     pub async fn stop(&self) {
-        let mut state = self.state.lock().await;
-        if let Some(r) = state.take() {
-            self.inner.running.store(false, Ordering::Release);
-            let _ = r.stop.send(());
-            let _ = r.pump.await;
-        }
-        let permits = self.inner.permits as u32;
-        if let Ok(all) = self.inner.semaphore.acquire_many(permits).await {
-            drop(all);
-        }
+        self.pump.stop().await;
     }
 
     /// A snapshot of the counters.
@@ -578,56 +563,9 @@ impl RpcServer {
             panics: g(&c.panics),
             no_such_method: g(&c.no_such_method),
             unsupported_version: g(&c.unsupported_version),
+            heartbeats: g(&c.heartbeats),
         }
     }
-}
-
-impl Drop for RpcServer {
-    fn drop(&mut self) {
-        // Dropping the stop sender ends the pump; running handlers finish.
-        let _ = self.state.get_mut().take();
-    }
-}
-
-async fn pump(
-    inner: Arc<ServerInner>,
-    mut listener: Box<dyn Listener<IncomingCall>>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    loop {
-        let permit = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            p = inner.semaphore.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
-        let incoming = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            r = listener.recv() => r,
-        };
-        match incoming {
-            Ok(call) => {
-                // Most handlers finish without waiting: run their first poll
-                // here and spawn only those that wait, which saves a task
-                // and a scheduling hop per request.
-                let mut task = Box::pin(handle(inner.clone(), call, permit));
-                let done = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_ready())).await;
-                if !done {
-                    tokio::spawn(task);
-                }
-            }
-            Err(e) => {
-                log_error!("RPC server on {} stops: {}", inner.target, e);
-                break;
-            }
-        }
-    }
-    // Let go of the queues before `stop` returns: what the listener held
-    // but had not handed out goes back.
-    listener.close().await;
 }
 
 /// How one request ended.
@@ -636,11 +574,12 @@ enum Outcome {
     Failed(RemoteError),
 }
 
-async fn handle(inner: Arc<ServerInner>, call: IncomingCall, permit: OwnedSemaphorePermit) {
+async fn handle(inner: Arc<ServerInner>, call: IncomingCall) {
     let IncomingCall {
         ctx,
         message,
-        responder,
+        mut responder,
+        call_monitor_timeout,
     } = call;
     let c = &inner.counters;
     bump(if responder.is_some() {
@@ -648,7 +587,14 @@ async fn handle(inner: Arc<ServerInner>, call: IncomingCall, permit: OwnedSemaph
     } else {
         &c.casts
     });
-    let outcome = dispatch(&inner, ctx, message).await;
+    let work = dispatch(&inner, ctx, message);
+    // Borrowed mutably: a responder is `Send`, not `Sync`.
+    let outcome = match (&mut responder, call_monitor_timeout) {
+        (Some(r), Some(monitor)) if !monitor.is_zero() => {
+            with_heartbeats(&inner, r.as_mut(), heartbeat_interval(monitor), work).await
+        }
+        _ => work.await,
+    };
     if let Some(responder) = responder {
         let reply = match outcome {
             Outcome::Ok(r) => Reply::Result(r),
@@ -658,7 +604,63 @@ async fn handle(inner: Arc<ServerInner>, call: IncomingCall, permit: OwnedSemaph
             log_error!("cannot reply to a call on {}: {}", inner.target, e);
         }
     }
-    drop(permit);
+}
+
+/// The shortest interval between two heartbeats of a call.
+const MIN_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often to heartbeat a call whose caller gives up after `monitor`
+/// without news: every half of it, as oslo's dispatcher, so that a
+/// heartbeat delayed in the queues still arrives in time.
+fn heartbeat_interval(monitor: Duration) -> Duration {
+    (monitor / 2).max(MIN_HEARTBEAT_INTERVAL)
+}
+
+/// Runs `work`, sending a heartbeat to the caller every `every` until it
+/// is done (oslo's call-monitor watchdog). A heartbeat that cannot be sent
+/// (the caller's reply queue is gone) ends the heartbeats, not the work.
+/// One still being sent when the work ends is finished first, so that it
+/// cannot overtake the reply.
+async fn with_heartbeats<F: Future>(
+    inner: &ServerInner,
+    responder: &mut dyn Responder,
+    every: Duration,
+    work: F,
+) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sending: Option<BoxFuture<'static, Result<(), TransportError>>> = None;
+    let mut beating = true;
+    let sent = |r: Result<(), TransportError>, beating: &mut bool| match r {
+        Ok(()) => bump(&inner.counters.heartbeats),
+        Err(e) => {
+            log_debug!("heartbeats to a caller on {} stop: {}", inner.target, e);
+            *beating = false;
+        }
+    };
+    let out = loop {
+        tokio::select! {
+            biased;
+            out = &mut work => break out,
+            r = async {
+                match sending.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                sending = None;
+                sent(r, &mut beating);
+            }
+            _ = ticks.tick(), if beating && sending.is_none() => {
+                sending = Some(responder.heartbeat());
+            }
+        }
+    };
+    if let Some(f) = sending {
+        sent(f.await, &mut beating);
+    }
+    out
 }
 
 async fn dispatch(inner: &ServerInner, ctx: Context, message: RpcMessage) -> Outcome {

@@ -25,7 +25,10 @@ pub struct SendOptions {
     /// The call's timeout. Calls are published with this time to live, so
     /// a request nobody took in time expires instead of running late.
     pub timeout: Option<Duration>,
-    /// oslo's call-monitor timeout, sent as `_timeout` (usually unset).
+    /// oslo's call-monitor timeout, sent as `_timeout` (calls only): the
+    /// server heartbeats while it handles the call, and the transport
+    /// fails the call with [`TransportError::CallMonitorTimeout`] when
+    /// neither the reply nor a heartbeat came for this long.
     pub call_monitor_timeout: Option<Duration>,
     /// Connection retries (`None`: without limit). A driver with a
     /// connection to lose honours it; `inproc` never needs to retry.
@@ -66,6 +69,12 @@ impl Default for ListenOptions {
 ///
 /// Dropping a listener stops it: messages it had not handed out go back to
 /// their queues; a server's fanout queue is deleted.
+///
+/// The listeners of warren-rpc's transports check for duplicates as oslo's
+/// rabbit driver does: a request whose `_unique_id` the listener took
+/// recently, or a notification whose `_unique_id` it acknowledged recently,
+/// is acknowledged and dropped (counted in [`TransportStats::duplicates`]),
+/// so that a redelivery after a lost acknowledgement is not handled twice.
 pub trait Listener<T>: Send + fmt::Debug {
     /// The next message.
     ///
@@ -105,6 +114,22 @@ pub trait Responder: Send + fmt::Debug {
     /// When the reply could not be sent. A reply queue that no longer
     /// exists (the caller went away) is not an error: the reply is dropped.
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>>;
+
+    /// Tells the caller that its call is still being handled: oslo's
+    /// call-monitor heartbeat, a reply with no result, no failure and
+    /// `ending: false`. A server sends one every half
+    /// [`IncomingCall::call_monitor_timeout`] while the handler runs. The
+    /// default sends nothing (a caller monitoring the call then gives up
+    /// after its call-monitor timeout).
+    ///
+    /// # Errors
+    ///
+    /// When it could not be sent, including when the reply queue no longer
+    /// exists ([`TransportError::Unroutable`]): the server then stops
+    /// heartbeating that call.
+    fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// Settles one notification once handled.
@@ -126,6 +151,9 @@ pub struct IncomingCall {
     pub message: RpcMessage,
     /// Where the reply goes: `Some` for a call, `None` for a cast.
     pub responder: Option<Box<dyn Responder>>,
+    /// The caller's call-monitor timeout (`_timeout`): it expects a
+    /// heartbeat at least this often while the call is handled.
+    pub call_monitor_timeout: Option<Duration>,
 }
 
 /// One notification a listener received.
@@ -156,6 +184,13 @@ pub struct TransportStats {
     /// Connections to the broker re-established after a loss (always 0 for
     /// `inproc`).
     pub reconnects: u64,
+    /// Call-monitor heartbeats received for calls waiting (each restarts
+    /// that call's call-monitor timeout).
+    pub heartbeats_received: u64,
+    /// Requests and notifications dropped because the listener had received
+    /// one with the same `_unique_id` (a redelivery, as after a lost
+    /// acknowledgement): oslo's duplicate message check.
+    pub duplicates: u64,
 }
 
 /// A messaging driver: sends and listens (oslo's `BaseDriver`).

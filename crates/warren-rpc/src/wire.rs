@@ -159,11 +159,6 @@ impl WireRequest {
     ///
     /// [`WireError`] for bad JSON, an unsupported envelope, or no `method`.
     pub fn decode(body: &[u8]) -> Result<WireRequest, WireError> {
-        WireRequest::decode_with(body, true)
-    }
-
-    /// Decodes; `_unique_id` only if asked (a server has no use for it).
-    pub(crate) fn decode_with(body: &[u8], unique_id: bool) -> Result<WireRequest, WireError> {
         let inner = open_envelope(body)?;
         let f: Fields<'_> = serde_json::from_str(&inner)?;
         let method = f.method.ok_or(WireError::Missing("method"))?;
@@ -182,11 +177,7 @@ impl WireRequest {
             ctx: Context::from(f.ctx),
             msg_id: f.msg_id.map(Cow::into_owned),
             reply_q: f.reply_q,
-            unique_id: if unique_id {
-                f.unique_id.map(Cow::into_owned)
-            } else {
-                None
-            },
+            unique_id: f.unique_id.map(Cow::into_owned),
             timeout: f.timeout,
         })
     }

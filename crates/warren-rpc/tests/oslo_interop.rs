@@ -1,7 +1,8 @@
 //! A Rust service and a Python OpenStack service (oslo.messaging's rabbit
 //! driver) on the same broker call each other and read each other's
 //! notifications: calls, casts, fanout, targeted servers, remote errors with
-//! their type, unsupported versions, unknown methods, the request context.
+//! their type, unsupported versions, unknown methods, the request context,
+//! call-monitor heartbeats both ways.
 //!
 //! Needs a broker (`WARREN_TEST_AMQP_URL`) and a Python with oslo.messaging
 //! (`WARREN_TEST_PYTHON`, e.g. the venv `tests/python/oslo/ci.sh` makes);
@@ -21,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use warren_rpc::{
     AmqpTransport, Context, Endpoint, HandlerError, Notification, NotificationEndpoint,
     NotificationListener, Notifier, PrepareOptions, RpcClient, RpcError, RpcServer, Target,
@@ -152,6 +153,11 @@ impl PyServer {
     async fn stop(mut self) {
         drop(self.stdin.take());
         let _ = py_within("oslo_server.py to stop", self.child.wait()).await;
+    }
+
+    /// Kills it (SIGKILL): a server that dies, whatever it was doing.
+    async fn kill(mut self) {
+        self.child.kill().await.expect("oslo_server.py killed");
     }
 }
 
@@ -590,4 +596,108 @@ async fn rust_notifications_reach_a_python_listener() {
     assert_eq!(slow["priority"], "warn");
     assert_eq!(slow["payload"]["ms"], 1234);
     python.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_client_with_a_call_monitor_timeout_calls_a_slow_rust_handler() {
+    let Some((url, py)) =
+        setup("a_python_client_with_a_call_monitor_timeout_calls_a_slow_rust_handler")
+    else {
+        return;
+    };
+    let topic = format!("interop-cm-rs{}", unique_suffix());
+    let gate = Arc::new(Semaphore::new(0));
+    let g = gate.clone();
+    let ep = Endpoint::new().with_version(Version::new(2, 3)).method(
+        "wait",
+        move |_ctx: Context, (): ()| {
+            let g = g.clone();
+            async move {
+                let _ = g.acquire().await.map(|p| p.forget());
+                Ok::<_, HandlerError>("done")
+            }
+        },
+    );
+    let s = RpcServer::new(amqp(&url), Target::new(&topic).with_server("r1"), vec![ep]);
+    within(s.start()).await.unwrap();
+    // oslo's client with call_monitor_timeout=2: it gives up after 2 s
+    // without news. The handler answers only once the server has sent it
+    // three heartbeats (a second apart): 3 s, kept alive by them.
+    let python = py.client(json!([
+        {"op": "call", "topic": topic, "method": "wait", "version": "2.0",
+         "call_monitor_timeout": 2, "timeout": 30},
+    ]));
+    let release = async {
+        py_within("three heartbeats", async {
+            while s.stats().heartbeats < 3 {
+                // Polling the server's counter, an event with no signal.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        gate.add_permits(1);
+    };
+    let (results, ()) = tokio::join!(python, release);
+    assert_eq!(results[0]["ok"], true, "{results:?}");
+    assert_eq!(results[0]["result"], "done");
+    assert!(s.stats().heartbeats >= 3);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_client_with_a_call_monitor_timeout_calls_a_slow_python_handler() {
+    let Some((url, py)) =
+        setup("a_rust_client_with_a_call_monitor_timeout_calls_a_slow_python_handler")
+    else {
+        return;
+    };
+    let topic = format!("interop-cm-py{}", unique_suffix());
+    let mut server = py.server(&["--topic", &topic, "--servers", "p1"]).await;
+    let t = amqp(&url);
+    // oslo's server heartbeats every int(2.0) / 2 = 1 s; its handler takes
+    // 4 s, twice the call-monitor timeout.
+    let client = RpcClient::new(
+        t.clone(),
+        Target::new(&topic).with_version(Version::new(2, 0)),
+    )
+    .with_timeout(Duration::from_secs(30))
+    .with_call_monitor_timeout(Duration::from_secs(2));
+    let r: String = within(client.call(&Context::new(), "slow", &json!({"seconds": 4})))
+        .await
+        .unwrap();
+    assert_eq!(r, "slept");
+    assert_eq!(server.event().await["event"], "slow");
+    assert!(t.stats().heartbeats_received >= 1, "{:?}", t.stats());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_server_killed_mid_call_fails_it_after_the_call_monitor_timeout() {
+    let Some((url, py)) =
+        setup("a_python_server_killed_mid_call_fails_it_after_the_call_monitor_timeout")
+    else {
+        return;
+    };
+    let topic = format!("interop-cm-kill{}", unique_suffix());
+    let mut server = py.server(&["--topic", &topic, "--servers", "p1"]).await;
+    let client = RpcClient::new(
+        amqp(&url),
+        Target::new(&topic).with_version(Version::new(2, 0)),
+    )
+    .with_timeout(Duration::from_secs(60))
+    .with_call_monitor_timeout(Duration::from_secs(2));
+    let call = tokio::spawn(async move {
+        client
+            .call::<_, String>(&Context::new(), "slow", &json!({"seconds": 300}))
+            .await
+    });
+    // The handler runs (and the server heartbeats): kill the server.
+    assert_eq!(server.event().await["event"], "slow");
+    server.kill().await;
+    // The timeout reported is the call monitor's: it ran out, not the
+    // call's minute.
+    match within(call).await.unwrap().unwrap_err() {
+        RpcError::Timeout { timeout, .. } => assert_eq!(timeout, Duration::from_secs(2)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
 }

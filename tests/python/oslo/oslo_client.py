@@ -8,7 +8,7 @@ stdout, in the same order.
 Steps:
     {"op": "call" | "cast", "topic": ..., "method": ..., "args": {...},
      "server": ..., "fanout": false, "version": "2.0", "namespace": ...,
-     "timeout": 10, "ctx": {...}, "exchange": ...}
+     "timeout": 10, "call_monitor_timeout": 2, "ctx": {...}, "exchange": ...}
     {"op": "notify", "topic": ..., "priority": "info", "publisher_id": ...,
      "event_type": ..., "payload": ..., "ctx": {...}}
     {"op": "bench", "topic": ..., "server": ..., "method": ..., "args": {...},
@@ -62,7 +62,8 @@ def rpc_client(transport, step):
                                    exchange=step.get("exchange"))
     client = oslo_messaging.get_rpc_client(transport, target)
     prepare = {}
-    for key in ("server", "fanout", "version", "namespace", "timeout"):
+    for key in ("server", "fanout", "version", "namespace", "timeout",
+                "call_monitor_timeout"):
         if step.get(key) is not None:
             prepare[key] = step[key]
     if "timeout" not in prepare:

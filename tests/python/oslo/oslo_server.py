@@ -18,6 +18,8 @@ RPC endpoint (target version 2.3, no namespace):
     add(a, b)          -> a + b
     fail(volume_id)    -> raises cinder.exception.VolumeNotFound(volume_id=...)
     record(**kwargs)   -> reports a "cast" event, returns None
+    slow(seconds)      -> reports a "slow" event, sleeps that long, returns
+                          "slept" (for call-monitor heartbeats)
 A second endpoint in namespace "baremetal" (version 1.0) has whoami.
 
     python oslo_server.py --url rabbit://guest:guest@127.0.0.1:5673/ \
@@ -29,6 +31,7 @@ import json
 import signal
 import sys
 import threading
+import time
 
 import oslo_messaging
 from oslo_config import cfg
@@ -74,6 +77,11 @@ class Endpoint:
     def record(self, ctxt, **kwargs):
         emit({"event": "cast", "server": self.name, "method": "record",
               "args": kwargs, "ctx": ctxt})
+
+    def slow(self, ctxt, seconds):
+        emit({"event": "slow", "server": self.name, "seconds": seconds})
+        time.sleep(seconds)
+        return "slept"
 
 
 class BaremetalEndpoint:

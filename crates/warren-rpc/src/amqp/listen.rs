@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::link::{Budget, Delivered, Fault, Link, Outgoing, Shared};
 use crate::error::TransportError;
-use crate::shared::{bump, complete_reply, Pending};
+use crate::shared::{bump, call_monitor_timeout, complete_reply, Pending, SeenIds, SeenKey};
 use crate::transport::{
     Acknowledger, BoxFuture, IncomingCall, IncomingNotification, Listener, Reply, Responder,
 };
@@ -372,6 +372,9 @@ pub(crate) struct RpcListener {
     pub(crate) shared: Arc<Shared>,
     pub(crate) deliveries: mpsc::UnboundedReceiver<Delivery>,
     pub(crate) subscription: Option<Subscription>,
+    /// The `_unique_id`s of the requests taken last (oslo's
+    /// `_MsgIdCache`); it outlives reconnections.
+    pub(crate) seen: SeenIds,
 }
 
 impl std::fmt::Debug for RpcListener {
@@ -390,7 +393,7 @@ impl Listener<IncomingCall> for RpcListener {
                     continue;
                 }
                 ack_in_background(d.acker.clone());
-                let request = match WireRequest::decode_with(&d.data, false) {
+                let request = match WireRequest::decode(&d.data) {
                     Ok(r) => r,
                     Err(e) => {
                         bump(&self.shared.stats.malformed);
@@ -398,6 +401,17 @@ impl Listener<IncomingCall> for RpcListener {
                         continue;
                     }
                 };
+                // As oslo's RPC listener: acknowledged, then an id seen
+                // before is a duplicate (a redelivery after a lost
+                // acknowledgement), dropped; a new one is remembered.
+                if let Some(key) = SeenKey::of(request.unique_id.as_deref()) {
+                    if self.seen.contains(&key) {
+                        bump(&self.shared.stats.duplicates);
+                        log_debug!("dropping a duplicate request on {}", d.routing_key);
+                        continue;
+                    }
+                    self.seen.insert(key);
+                }
                 let responder = match (request.msg_id, request.reply_q) {
                     (Some(msg_id), Some(reply_q)) => Some(Box::new(AmqpResponder {
                         shared: self.shared.clone(),
@@ -411,6 +425,7 @@ impl Listener<IncomingCall> for RpcListener {
                     ctx: request.ctx,
                     message: request.message,
                     responder,
+                    call_monitor_timeout: call_monitor_timeout(request.timeout),
                 });
             }
         })
@@ -434,6 +449,33 @@ struct AmqpResponder {
     msg_id: String,
 }
 
+/// Publishes a reply body to `reply_q`, waiting up to [`REPLY_PATIENCE`]
+/// for the connection.
+async fn send_reply(
+    shared: &Arc<Shared>,
+    reply_q: &str,
+    body: &[u8],
+) -> Result<Delivered, TransportError> {
+    let out = Outgoing {
+        exchange: "",
+        declare: None,
+        routing_key: reply_q,
+        body,
+        expiration: None,
+        mandatory: true,
+    };
+    match tokio::time::timeout(REPLY_PATIENCE, shared.publish(&out, None)).await {
+        Ok(Ok(Delivered::Nacked)) => Err(TransportError::Rejected {
+            exchange: String::new(),
+            routing_key: reply_q.to_owned(),
+        }),
+        Ok(r) => r,
+        Err(_) => Err(TransportError::Connection(format!(
+            "no connection to send the reply within {REPLY_PATIENCE:?}"
+        ))),
+    }
+}
+
 impl Responder for AmqpResponder {
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
         Box::pin(async move {
@@ -447,29 +489,27 @@ impl Responder for AmqpResponder {
                 }
             }
             .map_err(|e| TransportError::Encode(e.to_string()))?;
-            let out = Outgoing {
-                exchange: "",
-                declare: None,
-                routing_key: &self.reply_q,
-                body: &body,
-                expiration: None,
-                mandatory: true,
-            };
-            match tokio::time::timeout(REPLY_PATIENCE, self.shared.publish(&out, None)).await {
-                Ok(Ok(Delivered::Routed)) => Ok(()),
-                Ok(Ok(Delivered::Returned)) => {
-                    bump(&self.shared.stats.undeliverable_replies);
-                    log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
-                    Ok(())
-                }
-                Ok(Ok(Delivered::Nacked)) => Err(TransportError::Rejected {
+            if send_reply(&self.shared, &self.reply_q, &body).await? == Delivered::Returned {
+                bump(&self.shared.stats.undeliverable_replies);
+                log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
+            }
+            Ok(())
+        })
+    }
+
+    fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
+        let (_, unique_id) = self.shared.ids.next();
+        let body = encode_reply(None, None, false, &self.msg_id, unique_id.as_str());
+        let shared = self.shared.clone();
+        let reply_q = self.reply_q.clone();
+        Box::pin(async move {
+            let body = body.map_err(|e| TransportError::Encode(e.to_string()))?;
+            match send_reply(&shared, &reply_q, &body).await? {
+                Delivered::Returned => Err(TransportError::Unroutable {
                     exchange: String::new(),
-                    routing_key: self.reply_q.clone(),
+                    routing_key: reply_q,
                 }),
-                Ok(Err(e)) => Err(e),
-                Err(_) => Err(TransportError::Connection(format!(
-                    "no connection to send the reply within {REPLY_PATIENCE:?}"
-                ))),
+                _ => Ok(()),
             }
         })
     }
@@ -480,6 +520,9 @@ pub(crate) struct NotificationListener {
     pub(crate) shared: Arc<Shared>,
     pub(crate) deliveries: mpsc::UnboundedReceiver<Delivery>,
     pub(crate) subscription: Option<Subscription>,
+    /// The `_unique_id`s of the notifications handled last (acknowledged,
+    /// not requeued): oslo's `_MsgIdCache`.
+    pub(crate) seen: Arc<parking_lot::Mutex<SeenIds>>,
 }
 
 impl std::fmt::Debug for NotificationListener {
@@ -499,10 +542,23 @@ impl Listener<IncomingNotification> for NotificationListener {
                 }
                 match WireNotification::decode(&d.data) {
                     Ok(message) => {
+                        let key = SeenKey::of(message.unique_id.as_deref());
+                        if key.as_ref().is_some_and(|k| self.seen.lock().contains(k)) {
+                            // Handled already, its acknowledgement lost with
+                            // a connection: acknowledged now, not handled
+                            // again.
+                            bump(&self.shared.stats.duplicates);
+                            log_debug!("dropping a duplicate notification");
+                            ack_in_background(d.acker);
+                            continue;
+                        }
                         return Ok(IncomingNotification {
                             message,
-                            acknowledger: Box::new(AmqpAck(d.acker)),
-                        })
+                            acknowledger: Box::new(AmqpAck {
+                                acker: d.acker,
+                                remember: key.map(|k| (self.seen.clone(), k)),
+                            }),
+                        });
                     }
                     Err(e) => {
                         bump(&self.shared.stats.malformed);
@@ -524,25 +580,37 @@ impl Listener<IncomingNotification> for NotificationListener {
 }
 
 #[derive(Debug)]
-struct AmqpAck(Acker);
+struct AmqpAck {
+    acker: Acker,
+    /// Where its `_unique_id` goes once acknowledged.
+    remember: Option<(Arc<parking_lot::Mutex<SeenIds>>, SeenKey)>,
+}
 
 impl Acknowledger for AmqpAck {
     fn settle(self: Box<Self>, requeue: bool) -> BoxFuture<'static, Result<(), TransportError>> {
         Box::pin(async move {
+            let AmqpAck { acker, remember } = *self;
             let result = if requeue {
-                self.0
+                acker
                     .nack(BasicNackOptions {
                         requeue: true,
                         multiple: false,
                     })
                     .await
             } else {
-                self.0.ack(BasicAckOptions::default()).await
+                // As oslo: remembered as it is acknowledged, whether or not
+                // the acknowledgement reaches the broker: if the connection
+                // loses it, the redelivered copy is dropped. A requeued one
+                // is meant to come back.
+                if let Some((seen, key)) = remember {
+                    seen.lock().insert(key);
+                }
+                acker.ack(BasicAckOptions::default()).await
             };
             match result {
                 Ok(_) => Ok(()),
                 // The channel is gone: the broker delivers it again.
-                Err(_) if self.0.poisoned() => Ok(()),
+                Err(_) if acker.poisoned() => Ok(()),
                 Err(e) => Err(TransportError::Protocol(e.to_string())),
             }
         })

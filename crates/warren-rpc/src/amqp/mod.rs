@@ -8,7 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use lapin::ExchangeKind;
-use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::sync::{mpsc, OnceCell};
 
 use self::config::Config;
 use self::link::{queue_arguments, Delivered, ExchangeDecl, Outgoing, Shared};
@@ -16,7 +16,7 @@ use self::listen::{ExchangeSpec, QueueSpec, Sink, Subscription, Topology};
 use crate::context::Context;
 use crate::error::TransportError;
 use crate::notify::Priority;
-use crate::shared::{bump, request_route, Pending, PendingGuard, RequestRoute};
+use crate::shared::{bump, expect_reply, request_route, Pending, RequestRoute, SeenIds};
 use crate::target::Target;
 use crate::transport::{
     BoxFuture, IncomingCall, IncomingNotification, ListenOptions, Listener, Reply, SendOptions,
@@ -495,13 +495,8 @@ impl Transport for AmqpTransport {
             }
             let replies = self.replies(options.retry).await?;
             let (key, msg_id) = self.shared.ids.next();
-            let (tx, rx) = oneshot::channel();
-            replies.pending.lock().insert(key, tx);
-            let mut guard = PendingGuard {
-                pending: &replies.pending,
-                key,
-                armed: true,
-            };
+            let (mut guard, wait) =
+                expect_reply(&replies.pending, key, options.call_monitor_timeout);
             let body = encode_request(
                 &message,
                 ctx,
@@ -524,7 +519,7 @@ impl Transport for AmqpTransport {
                 mandatory: options.mandatory,
             };
             check(self.shared.publish(&out, options.retry).await?)?;
-            let reply = rx.await.map_err(|_| TransportError::Closed)?;
+            let reply = wait.wait().await?;
             guard.armed = false;
             Ok(Some(reply))
         })
@@ -590,6 +585,7 @@ impl Transport for AmqpTransport {
                 prefetch: self.prefetch(options.prefetch),
                 no_ack: false,
             };
+            let seen = SeenIds::for_prefetch(u32::from(topology.prefetch));
             let (tx, rx) = mpsc::unbounded_channel();
             let subscription = Subscription::start(
                 &self.shared,
@@ -602,6 +598,7 @@ impl Transport for AmqpTransport {
                 shared: self.shared.clone(),
                 deliveries: rx,
                 subscription: Some(subscription),
+                seen,
             }) as Box<dyn Listener<IncomingCall>>)
         })
     }
@@ -639,6 +636,7 @@ impl Transport for AmqpTransport {
                 prefetch: self.prefetch(options.prefetch),
                 no_ack: false,
             };
+            let seen = SeenIds::for_prefetch(u32::from(topology.prefetch));
             let (tx, rx) = mpsc::unbounded_channel();
             let subscription = Subscription::start(
                 &self.shared,
@@ -651,6 +649,7 @@ impl Transport for AmqpTransport {
                 shared: self.shared.clone(),
                 deliveries: rx,
                 subscription: Some(subscription),
+                seen: Arc::new(parking_lot::Mutex::new(seen)),
             }) as Box<dyn Listener<IncomingNotification>>)
         })
     }
