@@ -1339,12 +1339,19 @@ impl BrokerInner {
             Some(Err(e)) => return refuse(e, message),
         };
         let mut extra: Vec<String> = Vec::new();
+        let mut bcc: Vec<String> = Vec::new();
         if let Some(h) = &message.properties.headers {
             for name in ["CC", "BCC"] {
                 match h.get(name) {
                     None => {}
                     Some(AMQPValue::FieldArray(a)) => {
-                        extra.extend(a.iter().filter_map(|v| v.as_str().map(str::to_owned)));
+                        let keys = a.iter().filter_map(|v| v.as_str().map(str::to_owned));
+                        if name == "BCC" {
+                            bcc.extend(keys);
+                            extra.extend(bcc.iter().cloned());
+                        } else {
+                            extra.extend(keys);
+                        }
                     }
                     Some(_) => {
                         let e = Error::PreconditionFailed(format!(
@@ -1403,7 +1410,7 @@ impl BrokerInner {
                 }
             }
         }
-        let content = Content::new(&x.name, routing_key, message);
+        let content = Content::new(&x.name, routing_key, message, bcc);
         Ok(Prepared {
             exchange: x,
             content,
@@ -1574,6 +1581,8 @@ impl BrokerInner {
         let mut props = content.properties().clone();
         let original_expiration = props.expiration.take();
         let headers = props.headers.get_or_insert_with(FieldTable::new);
+        // x-death's routing-keys: the publish key and the CC keys (BCC
+        // stays secret); the dead letter is routed with the BCC keys too.
         let mut keys: Vec<String> = vec![content.routing_key().to_owned()];
         if let Some(AMQPValue::FieldArray(cc)) = headers.get("CC") {
             keys.extend(cc.iter().filter_map(|v| v.as_str().map(str::to_owned)));
@@ -1592,7 +1601,11 @@ impl BrokerInner {
         }
         let route_keys: Vec<&str> = match &routing_key {
             Some(rk) => vec![rk.as_str()],
-            None => keys.iter().map(String::as_str).collect(),
+            None => keys
+                .iter()
+                .chain(content.bcc())
+                .map(String::as_str)
+                .collect(),
         };
         let mut queues = Vec::new();
         self.route(
@@ -1618,6 +1631,14 @@ impl BrokerInner {
             &mut Message {
                 properties: props,
                 body: content.body.clone(),
+            },
+            // A later dead-lettering routes with the keys this one used
+            // (RabbitMQ's routing_keys): BCC too, unless a dead-letter
+            // routing key replaced them all.
+            if routing_key.is_some() {
+                Vec::new()
+            } else {
+                content.bcc().to_vec()
             },
         );
         let mut out = Published::default();

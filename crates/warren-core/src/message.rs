@@ -198,21 +198,41 @@ impl From<Vec<u8>> for Message {
 pub(crate) struct Content {
     names: Names,
     /// `None` when no property is set (the common case costs 8 bytes).
-    pub(crate) properties: Option<Box<BasicProperties>>,
+    extra: Option<Box<Extra>>,
     pub(crate) body: Bytes,
+}
+
+/// The rarer parts of a message, boxed: its properties and its `BCC` keys.
+#[derive(Debug)]
+struct Extra {
+    properties: BasicProperties,
+    /// The `BCC` header's keys: removed from the headers before routing,
+    /// kept here because a dead letter is routed with them again (as
+    /// RabbitMQ routes it with every key the message was published with).
+    bcc: Box<[String]>,
 }
 
 impl Content {
     /// Moves the message's body and (set) properties into shared content.
-    pub(crate) fn new(exchange: &str, routing_key: &str, message: &mut Message) -> Arc<Content> {
-        let properties = if message.properties.is_empty() {
+    /// `bcc`: the keys of the `BCC` header (already removed from the
+    /// headers), if it had one.
+    pub(crate) fn new(
+        exchange: &str,
+        routing_key: &str,
+        message: &mut Message,
+        bcc: Vec<String>,
+    ) -> Arc<Content> {
+        let extra = if message.properties.is_empty() && bcc.is_empty() {
             None
         } else {
-            Some(Box::new(std::mem::take(&mut message.properties)))
+            Some(Box::new(Extra {
+                properties: std::mem::take(&mut message.properties),
+                bcc: bcc.into_boxed_slice(),
+            }))
         };
         Arc::new(Content {
             names: Names::new(exchange, routing_key),
-            properties,
+            extra,
             body: std::mem::take(&mut message.body),
         })
     }
@@ -228,7 +248,14 @@ impl Content {
     }
 
     pub(crate) fn properties(&self) -> &BasicProperties {
-        self.properties.as_deref().unwrap_or(&DEFAULT_PROPERTIES)
+        self.extra
+            .as_deref()
+            .map_or(&DEFAULT_PROPERTIES, |e| &e.properties)
+    }
+
+    /// The keys of the `BCC` header it was published with.
+    pub(crate) fn bcc(&self) -> &[String] {
+        self.extra.as_deref().map_or(&[], |e| &e.bcc)
     }
 
     /// The body's length: what `x-max-length-bytes` counts, as in RabbitMQ.

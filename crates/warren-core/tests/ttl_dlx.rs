@@ -755,3 +755,51 @@ fn invalid_expiration_texts_match_rabbitmq() {
         );
     }
 }
+
+#[test]
+fn dead_letters_are_routed_with_the_bcc_keys_too() {
+    // As RabbitMQ 3.10.8 does (checked with pika, tests/rabbitmq/bcc_dead_letter.py):
+    // a dead letter goes to the dead-letter exchange with every key the
+    // message was published with, BCC included, while its `x-death`
+    // routing-keys and its headers show only the key and the CC keys.
+    let (b, _) = manual();
+    b.declare_exchange("bdlx", ExchangeKind::Direct, Default::default())
+        .unwrap();
+    b.declare_queue(
+        "bsrc",
+        QueueDeclareOptions::default().with_dead_letter("bdlx", None),
+    )
+    .unwrap();
+    for (q, key) in [
+        ("bother", None),
+        ("dl-main", Some("bsrc")),
+        ("dl-bcc", Some("bother")),
+        ("dl-cc", Some("ccq")),
+    ] {
+        b.declare_queue(q, QueueDeclareOptions::default()).unwrap();
+        if let Some(key) = key {
+            b.bind_queue(q, "bdlx", key, &none()).unwrap();
+        }
+    }
+    let list = |k: &str| AMQPValue::FieldArray(vec![AMQPValue::from(k)]);
+    let m = Message::new("x").with_properties(
+        BasicProperties::default().with_headers(
+            FieldTable::new()
+                .with("BCC", list("bother"))
+                .with("CC", list("ccq")),
+        ),
+    );
+    assert_eq!(b.publish("", "bsrc", m).unwrap().routed, 2);
+    let d = get(&b, "bsrc").unwrap();
+    assert!(header(&d, "BCC").is_none());
+    d.nack(false);
+    for q in ["dl-main", "dl-bcc", "dl-cc"] {
+        let d = get(&b, q).unwrap_or_else(|| panic!("{q} got no dead letter"));
+        assert_eq!(d.routing_key(), "bsrc");
+        assert!(header(&d, "BCC").is_none(), "{q}: BCC leaked");
+        assert_eq!(keys(&deaths(&d)[0]), ["bsrc", "ccq"], "{q}");
+        d.ack();
+    }
+    assert_eq!(ready(&b, "bother"), 1);
+    assert_conserved(&b);
+}
