@@ -3,9 +3,10 @@
 //! - fanout: sending a `Bytes` clone into 10 `crossbeam-channel`s and
 //!   draining them, vs publishing through a fanout exchange bound to 10 queues
 //!   and purging them;
-//! - headers: a linear scan of binding tables with plain structural equality
-//!   (no RabbitMQ type coercion), vs warren's compiled headers bindings
-//!   routing (and enqueueing) the same messages.
+//! - headers, with 100 and with 1,000 bindings: a linear scan of binding
+//!   tables with plain structural equality (no RabbitMQ type coercion), vs
+//!   warren's indexed headers exchange routing (and enqueueing) the same
+//!   messages.
 
 mod common;
 
@@ -65,14 +66,16 @@ fn crossbeam_fanout(
     start.elapsed()
 }
 
-/// 100 bindings `{format: f<i%10>, region: r<i/10>}` (x-match all) and
-/// messages carrying three headers.
-fn headers_setup() -> (Broker, Vec<FieldTable>, Vec<Message>) {
+/// `n` bindings `{format: f<i%10>, region: r<i/10>}` (x-match all), one
+/// queue each, and messages carrying three headers (`format`, `region` and
+/// `size`), each matching exactly one binding.
+fn headers_setup(n: usize) -> (Broker, Vec<FieldTable>, Vec<Message>) {
     let b = Broker::new();
     b.declare_exchange("hdr", ExchangeKind::Headers, Default::default())
         .expect("declare");
     let mut tables = Vec::new();
-    for i in 0..100 {
+    let regions = n / 10;
+    for i in 0..n {
         let q = format!("h{i}");
         b.declare_queue(&q, QueueDeclareOptions::default())
             .expect("declare");
@@ -87,7 +90,7 @@ fn headers_setup() -> (Broker, Vec<FieldTable>, Vec<Message>) {
         .map(|i| {
             let h = FieldTable::new()
                 .with("format", format!("f{}", i % 10))
-                .with("region", format!("r{}", (i / 7) % 10))
+                .with("region", format!("r{}", (i / 7) % regions))
                 .with("size", i as i64);
             Message::new(Bytes::from_static(BODY))
                 .with_properties(BasicProperties::default().with_headers(h))
@@ -96,13 +99,13 @@ fn headers_setup() -> (Broker, Vec<FieldTable>, Vec<Message>) {
     (b, tables, messages)
 }
 
-fn warren_headers(b: &Broker, messages: &[Message]) -> Duration {
+fn warren_headers(b: &Broker, n: usize, messages: &[Message]) -> Duration {
     let start = Instant::now();
     for m in messages {
         b.publish("hdr", "", m.clone()).expect("publish");
     }
     let elapsed = start.elapsed();
-    for i in 0..100 {
+    for i in 0..n {
         b.purge_queue(&format!("h{i}")).expect("purge");
     }
     elapsed
@@ -146,18 +149,23 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut g = c.benchmark_group("headers100");
-    g.throughput(Throughput::Elements(BATCH as u64));
-    g.sample_size(20);
-    let (hb, tables, messages) = headers_setup();
-    g.bench_function("linear_scan", |b| {
-        b.iter_custom(|n| (0..n).map(|_| linear_headers(&tables, &messages)).sum())
-    });
-    g.bench_function("warren_headers_exchange", |b| {
-        b.iter_custom(|n| (0..n).map(|_| warren_headers(&hb, &messages)).sum())
-    });
-    g.finish();
+    for n in HEADERS_BINDINGS {
+        let mut g = c.benchmark_group(format!("headers{n}"));
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.sample_size(20);
+        let (hb, tables, messages) = headers_setup(n);
+        g.bench_function("linear_scan", |b| {
+            b.iter_custom(|k| (0..k).map(|_| linear_headers(&tables, &messages)).sum())
+        });
+        g.bench_function("warren_headers_exchange", |b| {
+            b.iter_custom(|k| (0..k).map(|_| warren_headers(&hb, n, &messages)).sum())
+        });
+        g.finish();
+    }
 }
+
+/// The headers cases: how many bindings the exchange holds.
+const HEADERS_BINDINGS: [usize; 2] = [100, 1_000];
 
 criterion_group!(benches, bench);
 
@@ -175,18 +183,20 @@ fn main() {
         per(ours),
         per(ours) / per(raw)
     );
-    let (hb, tables, messages) = headers_setup();
-    let (lin, ours) = common::interleaved(
-        rounds,
-        || linear_headers(&tables, &messages),
-        || warren_headers(&hb, &messages),
-    );
-    println!(
-        "headers100: linear scan {:.0} ns/msg, warren publish {:.0} ns/msg (medians of {rounds}); speedup = {:.2}x",
-        per(lin),
-        per(ours),
-        per(lin) / per(ours)
-    );
+    for n in HEADERS_BINDINGS {
+        let (hb, tables, messages) = headers_setup(n);
+        let (lin, ours) = common::interleaved(
+            rounds,
+            || linear_headers(&tables, &messages),
+            || warren_headers(&hb, n, &messages),
+        );
+        println!(
+            "headers{n}: linear scan {:.0} ns/msg, warren publish {:.0} ns/msg (medians of {rounds}); speedup = {:.2}x",
+            per(lin),
+            per(ours),
+            per(lin) / per(ours)
+        );
+    }
     criterion::Criterion::default()
         .configure_from_args()
         .final_summary();

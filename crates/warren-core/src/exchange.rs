@@ -2,15 +2,15 @@
 //!
 //! Each exchange keeps its bindings twice: as a list (what was bound, for
 //! unbind, listing and deletion) and as an index built for its kind (a hash map
-//! for direct, a list for fanout, a compiled [`TopicTrie`] for topic, compiled
-//! matchers for headers). Routing reads only the index.
+//! for direct, a list for fanout, a compiled [`TopicTrie`] for topic, a
+//! [`HeadersIndex`] for headers). Routing reads only the index.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::Error;
 use crate::field::FieldTable;
-use crate::headers::HeadersBinding;
+use crate::headers::{HeadersBinding, HeadersIndex};
 use crate::options::ExchangeKind;
 use crate::queue::Queue;
 use crate::sync::{AtomicU64, RwLock};
@@ -55,6 +55,8 @@ pub(crate) struct Binding {
     pub(crate) dest: Dest,
     pub(crate) routing_key: String,
     pub(crate) arguments: FieldTable,
+    /// For a headers exchange: the binding's slot in the [`HeadersIndex`].
+    headers_slot: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -62,7 +64,7 @@ enum Index {
     Direct(HashMap<Box<str>, Vec<Dest>, foldhash::fast::RandomState>),
     Fanout(Vec<Dest>),
     Topic(TopicTrie<Dest>),
-    Headers(Vec<(HeadersBinding, Dest)>),
+    Headers(HeadersIndex<Dest>),
 }
 
 #[derive(Debug)]
@@ -79,7 +81,7 @@ impl Bindings {
                 ExchangeKind::Direct => Index::Direct(HashMap::default()),
                 ExchangeKind::Fanout => Index::Fanout(Vec::new()),
                 ExchangeKind::Topic => Index::Topic(TopicTrie::new()),
-                ExchangeKind::Headers => Index::Headers(Vec::new()),
+                ExchangeKind::Headers => Index::Headers(HeadersIndex::new()),
             },
         }
     }
@@ -94,18 +96,22 @@ impl Bindings {
         if self.position(dest.id(), routing_key, arguments).is_some() {
             return Ok(());
         }
+        let mut headers_slot = None;
         match &mut self.index {
             Index::Direct(m) => m.entry(routing_key.into()).or_default().push(dest.clone()),
             Index::Fanout(v) => v.push(dest.clone()),
             Index::Topic(t) => {
                 t.insert(routing_key, dest.clone());
             }
-            Index::Headers(v) => v.push((HeadersBinding::compile(arguments)?, dest.clone())),
+            Index::Headers(h) => {
+                headers_slot = Some(h.insert(HeadersBinding::compile(arguments)?, dest.clone()));
+            }
         }
         self.list.push(Binding {
             dest,
             routing_key: routing_key.to_owned(),
             arguments: arguments.clone(),
+            headers_slot,
         });
         Ok(())
     }
@@ -127,7 +133,7 @@ impl Bindings {
             Index::Direct(m) => m.clear(),
             Index::Fanout(v) => v.clear(),
             Index::Topic(t) => *t = TopicTrie::new(),
-            Index::Headers(v) => v.clear(),
+            Index::Headers(h) => h.clear(),
         }
     }
 
@@ -187,14 +193,11 @@ impl Bindings {
                     t.remove(&b.routing_key, &b.dest);
                 }
             }
-            Index::Headers(v) => {
-                // Several bindings to one destination differ by arguments:
-                // rebuild this destination's matchers from the list.
-                v.retain(|(_, d)| d.id() != id);
-                for other in self.list.iter().filter(|o| o.dest.id() == id) {
-                    if let Ok(m) = HeadersBinding::compile(&other.arguments) {
-                        v.push((m, other.dest.clone()));
-                    }
+            Index::Headers(h) => {
+                // Each binding has its own slot, whatever else leads to the
+                // same destination.
+                if let Some(slot) = b.headers_slot {
+                    h.remove(slot);
                 }
             }
         }
@@ -217,13 +220,7 @@ impl Bindings {
                     t.matches_into(k, out);
                 }
             }
-            Index::Headers(v) => {
-                out.extend(
-                    v.iter()
-                        .filter(|(m, _)| m.matches(headers))
-                        .map(|(_, d)| d.clone()),
-                );
-            }
+            Index::Headers(h) => h.route_into(headers, out),
         }
     }
 }

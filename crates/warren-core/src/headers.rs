@@ -59,6 +59,45 @@
 //! value into the form it is compared in. [`HeadersBinding::matches`] then
 //! looks each argument up in the headers and compares, stopping at the first
 //! miss (`all`) or hit (`any`); it does not allocate.
+//!
+//! # Index
+//!
+//! An exchange does not check every binding against every message: a
+//! [`HeadersIndex`] files each binding under the (header name, value) pairs
+//! it requires, and a message's own headers select the bindings to check.
+//!
+//! * An `all` / `all-with-x` binding is filed under **one** of its arguments:
+//!   every matching message satisfies all of them, so any one will do. It is
+//!   the argument whose pair has the fewest bindings filed so far, an argument
+//!   with a value before a void one.
+//! * An `any` / `any-with-x` binding is filed under **every** argument: a
+//!   matching message satisfies at least one.
+//! * An argument with a value is filed under its name and a *fingerprint* of
+//!   the value's canonical form; a void argument (any value) under its name
+//!   alone. The canonical form follows the comparison rules above, so that
+//!   values the matcher calls equal always get the same fingerprint: a number
+//!   by its exact value (a whole `float` / `double` as the integer it equals,
+//!   `-0.0` as `0`), strings and byte arrays by their bytes, an empty array
+//!   or table as one value, a non-empty array or table by its elements'
+//!   kinds (short and long strings being one) and values, in order, with
+//!   `-0.0` inside as `0.0`. Unequal values may share a fingerprint; that only
+//!   adds a candidate.
+//! * Residual bindings, checked against every message, are those with no
+//!   argument to check (`all`: every message matches; `any`: none does) and
+//!   those with a NaN argument (equal to nothing, not even itself: no class
+//!   of equal values to hash). Neither reaches the index.
+//!
+//! Routing a message looks up each of its header names, then, for the
+//! arguments with values, the fingerprint of its value there; each binding
+//! found is a *candidate*, verified with the matcher (for `all`, the whole
+//! binding; for `any`, the argument it was found through, as a header name
+//! appears once in a table). So the index decides which bindings are looked
+//! at, never whether one matches, and a message costs in proportion to its
+//! headers and its candidates (plus the residual list), not to the number of
+//! bindings. Destinations come out once each, sorted, like the topic trie's.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 
 use bytes::Bytes;
 
@@ -89,6 +128,14 @@ impl HeadersBinding {
             .map(|(key, value)| (Box::from(key), Pattern::compile(value)))
             .collect();
         Ok(HeadersBinding { mode, args })
+    }
+
+    /// Whether the header value `value` satisfies argument number `arg` (the
+    /// matcher's test of one argument, for a header named as the argument).
+    fn arg_accepts(&self, arg: usize, value: &AMQPValue) -> bool {
+        self.args
+            .get(arg)
+            .is_some_and(|(_, pattern)| pattern.accepts(value))
     }
 
     /// Whether a message with these headers (`None`: no headers property)
@@ -334,12 +381,29 @@ impl Number {
                 // Integers here lie in [-2^63, 2^64). A whole float in
                 // [-2^64, 2^64] converts to i128 exactly; NaN and the
                 // infinities have no zero fraction.
-                const TWO_64: f64 = 18_446_744_073_709_551_616.0;
                 f.fract() == 0.0 && (-TWO_64..=TWO_64).contains(&f) && f as i128 == i
             }
         }
     }
+
+    /// The one representative of the numbers [`equals`](Self::equals) calls
+    /// equal to this one, for hashing: a whole float in [-2^64, 2^64] (the
+    /// integers' range and a little more, `-0.0` included) becomes that
+    /// integer; other floats (fractions, larger ones, infinities, NaN) stay
+    /// floats, which equal only floats, and only with the same bits (`0.0`
+    /// and `-0.0`, the one exception, are whole).
+    fn canonical(self) -> Number {
+        match self {
+            Number::Float(f) if f.fract() == 0.0 && (-TWO_64..=TWO_64).contains(&f) => {
+                Number::Int(f as i128)
+            }
+            n => n,
+        }
+    }
 }
+
+/// 2^64, as a float.
+const TWO_64: f64 = 18_446_744_073_709_551_616.0;
 
 /// Structural equality inside an array or nested table: same kind, equal
 /// value, no coercion. Short and long strings are one kind (RabbitMQ's
@@ -554,6 +618,446 @@ fn erlang_float(f: f64) -> String {
     };
     let use_plain = f.abs() < 9_007_199_254_740_992.0 && plain.len() <= scientific.len();
     format!("{sign}{}", if use_plain { plain } else { scientific })
+}
+
+/// A headers exchange's bindings, indexed by the (header name, value) pairs
+/// they require, so that routing a message costs in proportion to its
+/// headers and to the bindings they select, not to the number of bindings.
+///
+/// See the module docs ("Index") for what is indexed how. Every binding
+/// found through the index is verified with its matcher, so the index decides
+/// only which bindings are looked at, never whether one matches.
+#[derive(Debug)]
+pub(crate) struct HeadersIndex<T> {
+    /// The bindings, by slot; `None` for a free slot.
+    slots: Vec<Option<Slot<T>>>,
+    /// Free slots, reused first.
+    free: Vec<usize>,
+    /// Per header name, the bindings that an argument with that name selects.
+    keys: HashMap<Box<str>, KeyPostings, foldhash::fast::RandomState>,
+    /// Slots of the bindings checked against every message (see
+    /// [`Place::Residual`]).
+    residual: Vec<usize>,
+    /// Turns a value's canonical form into a fingerprint; seeded per index.
+    hasher: foldhash::fast::RandomState,
+}
+
+/// One binding in a [`HeadersIndex`].
+#[derive(Debug)]
+struct Slot<T> {
+    binding: HeadersBinding,
+    value: T,
+    place: Place,
+}
+
+/// Where a binding is filed in a [`HeadersIndex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    /// In the residual list, checked against every message: a binding with
+    /// no argument to check (`all`: matches everything; `any`: nothing), or
+    /// one with a NaN argument, a value equal to nothing (not even itself)
+    /// and so no class of equal values to hash.
+    Residual,
+    /// `all` / `all-with-x`: under one argument (its position in the
+    /// binding's arguments), which every matching message must satisfy.
+    One(usize),
+    /// `any` / `any-with-x`: under every argument, any of which suffices.
+    Every,
+}
+
+/// The bindings selected by one header name.
+#[derive(Debug, Default)]
+struct KeyPostings {
+    /// Arguments requiring an equal value, by the fingerprint of that value.
+    equal: HashMap<u64, Vec<Posting>, foldhash::fast::RandomState>,
+    /// Void arguments: the header is present, whatever its value.
+    present: Vec<Posting>,
+}
+
+impl KeyPostings {
+    fn is_empty(&self) -> bool {
+        self.equal.is_empty() && self.present.is_empty()
+    }
+}
+
+/// A binding's argument, filed under that argument's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Posting {
+    /// The binding's slot.
+    slot: usize,
+    /// The argument's position in the binding's arguments.
+    arg: usize,
+}
+
+impl<T: Clone + Ord> HeadersIndex<T> {
+    /// An empty index.
+    pub(crate) fn new() -> Self {
+        HeadersIndex {
+            slots: Vec::new(),
+            free: Vec::new(),
+            keys: HashMap::default(),
+            residual: Vec::new(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// Adds a binding leading to `value`; returns its slot, the handle for
+    /// [`remove`](Self::remove). The same binding may be added any number of
+    /// times (each gets its own slot).
+    pub(crate) fn insert(&mut self, binding: HeadersBinding, value: T) -> usize {
+        let place = self.place_for(&binding);
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        match place {
+            Place::Residual => self.residual.push(slot),
+            Place::One(arg) => self.post(&binding, Posting { slot, arg }),
+            Place::Every => {
+                for arg in 0..binding.args.len() {
+                    self.post(&binding, Posting { slot, arg });
+                }
+            }
+        }
+        if let Some(free) = self.slots.get_mut(slot) {
+            *free = Some(Slot {
+                binding,
+                value,
+                place,
+            });
+        }
+        slot
+    }
+
+    /// Removes the binding in `slot`; returns its value, `None` if the slot
+    /// was free.
+    pub(crate) fn remove(&mut self, slot: usize) -> Option<T> {
+        let s = self.slots.get_mut(slot)?.take()?;
+        match s.place {
+            Place::Residual => {
+                if let Some(at) = self.residual.iter().position(|&r| r == slot) {
+                    self.residual.swap_remove(at);
+                }
+            }
+            Place::One(arg) => self.unpost(&s.binding, Posting { slot, arg }),
+            Place::Every => {
+                for arg in 0..s.binding.args.len() {
+                    self.unpost(&s.binding, Posting { slot, arg });
+                }
+            }
+        }
+        self.free.push(slot);
+        Some(s.value)
+    }
+
+    /// Forgets every binding.
+    pub(crate) fn clear(&mut self) {
+        self.slots.clear();
+        self.free.clear();
+        self.keys.clear();
+        self.residual.clear();
+    }
+
+    /// Appends the values of the bindings matching a message with these
+    /// headers (`None`: no headers property), each value once, sorted.
+    pub(crate) fn route_into(&self, headers: Option<&FieldTable>, out: &mut Vec<T>) {
+        let start = out.len();
+        for &slot in &self.residual {
+            if let Some(Some(s)) = self.slots.get(slot) {
+                if s.binding.matches(headers) {
+                    out.push(s.value.clone());
+                }
+            }
+        }
+        if let Some(headers) = headers {
+            // Header names are unique in a `FieldTable`, so `value` is what
+            // the matcher's own lookup of `name` finds.
+            for (name, value) in headers {
+                let Some(postings) = self.keys.get(name) else {
+                    continue;
+                };
+                for &p in &postings.present {
+                    self.verify(p, headers, value, out);
+                }
+                if !postings.equal.is_empty() {
+                    if let Some(candidates) = postings.equal.get(&self.fingerprint(Term::of(value)))
+                    {
+                        for &p in candidates {
+                            self.verify(p, headers, value, out);
+                        }
+                    }
+                }
+            }
+        }
+        // A value reached through several bindings, or an `any` binding
+        // through several of its arguments, is reported once.
+        if let Some(tail) = out.get_mut(start..) {
+            if tail.len() > 1 {
+                tail.sort_unstable();
+                let mut w = 1;
+                for r in 1..tail.len() {
+                    if tail[w - 1] != tail[r] {
+                        tail.swap(w, r);
+                        w += 1;
+                    }
+                }
+                out.truncate(start + w);
+            }
+        }
+    }
+
+    /// Checks a candidate found through header `value` with the matcher and
+    /// appends its value when it matches. For `any` the candidate's own
+    /// argument decides (the binding matches when one argument does, and the
+    /// others are found through their own postings); for `all` the whole
+    /// binding is checked.
+    fn verify(&self, p: Posting, headers: &FieldTable, value: &AMQPValue, out: &mut Vec<T>) {
+        let Some(Some(s)) = self.slots.get(p.slot) else {
+            return;
+        };
+        let hit = if s.binding.mode.is_any() {
+            s.binding.arg_accepts(p.arg, value)
+        } else {
+            s.binding.matches(Some(headers))
+        };
+        if hit {
+            out.push(s.value.clone());
+        }
+    }
+
+    /// Where a new binding goes. An `all` binding goes under the argument
+    /// with the fewest bindings already filed under the same (name, value)
+    /// pair, preferring arguments with a value to void ones (which select
+    /// every message carrying the header).
+    fn place_for(&self, binding: &HeadersBinding) -> Place {
+        let nan = |(_, pattern): &(Box<str>, Pattern)| matches!(pattern, Pattern::Equal(OwnedTerm::Number(Number::Float(f))) if f.is_nan());
+        if binding.args.is_empty() || binding.args.iter().any(nan) {
+            return Place::Residual;
+        }
+        if binding.mode.is_any() {
+            return Place::Every;
+        }
+        let load = |(name, pattern): &(Box<str>, Pattern)| {
+            let postings = self.keys.get(&**name);
+            match pattern {
+                Pattern::Present => (1, postings.map_or(0, |k| k.present.len())),
+                Pattern::Equal(term) => (
+                    0,
+                    postings
+                        .and_then(|k| k.equal.get(&self.fingerprint(term.as_term())))
+                        .map_or(0, Vec::len),
+                ),
+            }
+        };
+        let best = (0..binding.args.len())
+            .min_by_key(|&i| binding.args.get(i).map(load))
+            .unwrap_or(0);
+        Place::One(best)
+    }
+
+    /// Files argument `p.arg` of `binding` under its name.
+    fn post(&mut self, binding: &HeadersBinding, p: Posting) {
+        let Some((name, pattern)) = binding.args.get(p.arg) else {
+            return;
+        };
+        let fingerprint = match pattern {
+            Pattern::Present => None,
+            Pattern::Equal(term) => Some(self.fingerprint(term.as_term())),
+        };
+        if !self.keys.contains_key(&**name) {
+            self.keys.insert(name.clone(), KeyPostings::default());
+        }
+        let Some(postings) = self.keys.get_mut(&**name) else {
+            return;
+        };
+        match fingerprint {
+            None => postings.present.push(p),
+            Some(f) => postings.equal.entry(f).or_default().push(p),
+        }
+    }
+
+    /// Undoes [`post`](Self::post), dropping what becomes empty.
+    fn unpost(&mut self, binding: &HeadersBinding, p: Posting) {
+        let Some((name, pattern)) = binding.args.get(p.arg) else {
+            return;
+        };
+        let fingerprint = match pattern {
+            Pattern::Present => None,
+            Pattern::Equal(term) => Some(self.fingerprint(term.as_term())),
+        };
+        let Some(postings) = self.keys.get_mut(&**name) else {
+            return;
+        };
+        let list = match fingerprint {
+            None => Some(&mut postings.present),
+            Some(f) => postings.equal.get_mut(&f),
+        };
+        if let Some(list) = list {
+            if let Some(at) = list.iter().position(|&q| q == p) {
+                list.swap_remove(at);
+            }
+            if list.is_empty() {
+                if let Some(f) = fingerprint {
+                    postings.equal.remove(&f);
+                }
+            }
+        }
+        if postings.is_empty() {
+            self.keys.remove(&**name);
+        }
+    }
+
+    /// The fingerprint of a top-level value: values equal under the headers
+    /// exchange's rules get the same one.
+    fn fingerprint(&self, term: Term<'_>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        hash_term(term, &mut h);
+        h.finish()
+    }
+}
+
+/// Feeds a top-level value's canonical form to `h`, so that two terms that
+/// [`Term::equals`] calls equal hash alike: a number by its canonical value
+/// (a whole float in the integers' range as that integer, `-0.0` as `0`), a
+/// string or byte array by its bytes, an empty array or table as one thing,
+/// and a non-empty array or table structurally, as [`identical`] compares it.
+fn hash_term<H: Hasher>(term: Term<'_>, h: &mut H) {
+    match term {
+        Term::Number(n) => match n.canonical() {
+            Number::Int(i) => {
+                h.write_u8(0);
+                h.write_i128(i);
+            }
+            Number::Float(f) => {
+                h.write_u8(1);
+                h.write_u64(f.to_bits());
+            }
+        },
+        Term::Binary(b) => {
+            h.write_u8(2);
+            hash_bytes(b, h);
+        }
+        Term::Bool(b) => {
+            h.write_u8(3);
+            h.write_u8(b.into());
+        }
+        Term::Decimal(d) => {
+            h.write_u8(4);
+            h.write_u8(d.scale);
+            h.write_u32(d.value);
+        }
+        Term::EmptyList => h.write_u8(5),
+        Term::Array(items) => {
+            h.write_u8(6);
+            hash_items(items, h);
+        }
+        Term::Table(table) => {
+            h.write_u8(7);
+            hash_table(table, h);
+        }
+        Term::Undefined => h.write_u8(8),
+    }
+}
+
+/// Feeds a value inside an array or nested table to `h`, so that two values
+/// [`identical`] calls equal hash alike: its kind (short and long strings
+/// being one) and its value, with `-0.0` as `0.0`.
+fn hash_identical<H: Hasher>(value: &AMQPValue, h: &mut H) {
+    use AMQPValue as V;
+    match value {
+        V::Boolean(b) => {
+            h.write_u8(0);
+            h.write_u8((*b).into());
+        }
+        V::ShortShortInt(v) => {
+            h.write_u8(1);
+            h.write_i8(*v);
+        }
+        V::ShortShortUInt(v) => {
+            h.write_u8(2);
+            h.write_u8(*v);
+        }
+        V::ShortInt(v) => {
+            h.write_u8(3);
+            h.write_i16(*v);
+        }
+        V::ShortUInt(v) => {
+            h.write_u8(4);
+            h.write_u16(*v);
+        }
+        V::LongInt(v) => {
+            h.write_u8(5);
+            h.write_i32(*v);
+        }
+        V::LongUInt(v) => {
+            h.write_u8(6);
+            h.write_u32(*v);
+        }
+        V::LongLongInt(v) => {
+            h.write_u8(7);
+            h.write_i64(*v);
+        }
+        V::Float(f) => {
+            h.write_u8(8);
+            h.write_u32(if *f == 0.0 { 0 } else { f.to_bits() });
+        }
+        V::Double(f) => {
+            h.write_u8(9);
+            h.write_u64(if *f == 0.0 { 0 } else { f.to_bits() });
+        }
+        V::DecimalValue(d) => {
+            h.write_u8(10);
+            h.write_u8(d.scale);
+            h.write_u32(d.value);
+        }
+        V::ShortString(_) | V::LongString(_) => {
+            h.write_u8(11);
+            hash_bytes(text_bytes(value), h);
+        }
+        V::ByteArray(b) => {
+            h.write_u8(12);
+            hash_bytes(b, h);
+        }
+        V::FieldArray(items) => {
+            h.write_u8(13);
+            hash_items(items, h);
+        }
+        V::Timestamp(v) => {
+            h.write_u8(14);
+            h.write_u64(*v);
+        }
+        V::FieldTable(table) => {
+            h.write_u8(15);
+            hash_table(table, h);
+        }
+        V::Void => h.write_u8(16),
+    }
+}
+
+/// Bytes with their length, so that consecutive fields cannot run together.
+fn hash_bytes<H: Hasher>(bytes: &[u8], h: &mut H) {
+    h.write_usize(bytes.len());
+    h.write(bytes);
+}
+
+/// An array's elements in order (see [`arrays_identical`]).
+fn hash_items<H: Hasher>(items: &[AMQPValue], h: &mut H) {
+    h.write_usize(items.len());
+    for item in items {
+        hash_identical(item, h);
+    }
+}
+
+/// A table's entries in order (see [`tables_identical`]).
+fn hash_table<H: Hasher>(table: &FieldTable, h: &mut H) {
+    h.write_usize(table.len());
+    for (key, item) in table {
+        hash_bytes(key.as_bytes(), h);
+        hash_identical(item, h);
+    }
 }
 
 #[cfg(test)]
@@ -1145,6 +1649,500 @@ mod tests {
             assert!(values_equal(x, x), "{x:?}");
             for y in &samples {
                 assert_eq!(values_equal(x, y), values_equal(y, x), "{x:?} {y:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    //! [`HeadersIndex`] against the plain linear scan of the matchers, and
+    //! the fingerprints against [`values_equal`].
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use AMQPValue as V;
+
+    fn table(entries: Vec<(&str, AMQPValue)>) -> FieldTable {
+        entries.into_iter().collect()
+    }
+
+    fn binding(entries: Vec<(&str, AMQPValue)>) -> HeadersBinding {
+        match HeadersBinding::compile(&table(entries)) {
+            Ok(b) => b,
+            Err(e) => panic!("binding refused: {e}"),
+        }
+    }
+
+    fn s(text: &str) -> AMQPValue {
+        V::from(text)
+    }
+
+    fn short(text: &str) -> AMQPValue {
+        V::ShortString(text.into())
+    }
+
+    fn bytes(text: &str) -> AMQPValue {
+        V::ByteArray(Bytes::copy_from_slice(text.as_bytes()))
+    }
+
+    fn dec(scale: u8, value: u32) -> AMQPValue {
+        V::DecimalValue(DecimalValue { scale, value })
+    }
+
+    /// Values with the tricky equalities: numbers across kinds (and the
+    /// near misses), strings / byte arrays / short strings, bools against
+    /// numbers, decimals, empty array = empty table, arrays and tables whose
+    /// elements differ only by kind or by the sign of zero, NaN, void.
+    fn pool() -> Vec<AMQPValue> {
+        let two_53 = 9_007_199_254_740_992.0;
+        vec![
+            V::LongInt(1),
+            V::LongLongInt(1),
+            V::ShortShortUInt(1),
+            V::Timestamp(1),
+            V::Double(1.0),
+            V::Float(1.0),
+            V::LongInt(0),
+            V::Double(0.0),
+            V::Double(-0.0),
+            V::Float(-0.0),
+            V::Double(0.5),
+            V::Float(0.5),
+            V::Float(0.1),
+            V::Double(0.1),
+            V::Double(f64::from(0.1f32)),
+            V::LongLongInt(-1),
+            V::ShortShortInt(-1),
+            V::ShortShortUInt(255),
+            V::Timestamp(u64::MAX),
+            V::Double(18_446_744_073_709_551_616.0),
+            V::Double(-18_446_744_073_709_551_616.0),
+            V::LongLongInt(i64::MIN),
+            V::Double(-9_223_372_036_854_775_808.0),
+            V::LongLongInt(1 << 53),
+            V::LongLongInt((1 << 53) + 1),
+            V::Double(two_53),
+            V::Double(1e20),
+            V::Double(f64::INFINITY),
+            V::Float(f32::INFINITY),
+            V::Double(f64::NAN),
+            V::Boolean(true),
+            V::Boolean(false),
+            dec(0, 1),
+            dec(1, 10),
+            s("a"),
+            bytes("a"),
+            short("a"),
+            s("1"),
+            s(""),
+            bytes(""),
+            V::FieldArray(vec![]),
+            V::FieldTable(FieldTable::new()),
+            V::FieldArray(vec![V::LongInt(1)]),
+            V::FieldArray(vec![V::LongLongInt(1)]),
+            V::FieldArray(vec![s("a")]),
+            V::FieldArray(vec![short("a")]),
+            V::FieldArray(vec![bytes("a")]),
+            V::FieldArray(vec![V::Double(0.0)]),
+            V::FieldArray(vec![V::Double(-0.0)]),
+            V::FieldArray(vec![V::Double(f64::NAN)]),
+            V::FieldArray(vec![V::Void]),
+            V::FieldArray(vec![V::FieldArray(vec![])]),
+            V::FieldArray(vec![V::FieldTable(FieldTable::new())]),
+            V::FieldArray(vec![V::LongInt(1), s("a")]),
+            V::FieldArray(vec![s("a"), V::LongInt(1)]),
+            V::FieldTable(table(vec![("a", V::LongInt(1))])),
+            V::FieldTable(table(vec![("a", V::LongLongInt(1))])),
+            V::FieldTable(table(vec![("a", s("x"))])),
+            V::FieldTable(table(vec![("a", short("x"))])),
+            V::FieldTable(table(vec![("a", V::Float(-0.0))])),
+            V::FieldTable(table(vec![("a", V::Float(0.0))])),
+            V::FieldTable(table(vec![("a", V::LongInt(1)), ("b", V::LongInt(2))])),
+            V::FieldTable(table(vec![("b", V::LongInt(2)), ("a", V::LongInt(1))])),
+            V::Void,
+        ]
+    }
+
+    fn index() -> HeadersIndex<usize> {
+        HeadersIndex::new()
+    }
+
+    fn fingerprint(index: &HeadersIndex<usize>, value: &AMQPValue) -> u64 {
+        index.fingerprint(Term::of(value))
+    }
+
+    /// The index's answer, checking that it only appends, once per value,
+    /// sorted.
+    fn routed(index: &HeadersIndex<usize>, headers: Option<&FieldTable>) -> Vec<usize> {
+        let mut out = vec![usize::MAX];
+        index.route_into(headers, &mut out);
+        assert_eq!(out.first(), Some(&usize::MAX), "overwrote what was there");
+        let got = out.split_off(1);
+        assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+        got
+    }
+
+    #[test]
+    fn equal_values_share_a_fingerprint() {
+        let pool = pool();
+        let ix = index();
+        let mut equal_pairs = 0;
+        for a in &pool {
+            for b in &pool {
+                if values_equal(a, b) {
+                    equal_pairs += 1;
+                    assert_eq!(fingerprint(&ix, a), fingerprint(&ix, b), "{a:?} = {b:?}");
+                }
+            }
+        }
+        // The pool holds many equal pairs across kinds, not only x = x.
+        assert!(equal_pairs > pool.len() + 40, "{equal_pairs}");
+    }
+
+    #[test]
+    fn fingerprints_separate_the_near_misses() {
+        // Not required for correctness (a shared fingerprint only adds a
+        // candidate), but the index would be useless if these collided.
+        let ix = index();
+        for (a, b) in [
+            (V::LongInt(1), V::Boolean(true)),
+            (V::LongInt(1), s("1")),
+            (V::Float(0.1), V::Double(0.1)),
+            (dec(0, 1), V::LongInt(1)),
+            (dec(1, 10), dec(0, 1)),
+            (s("a"), s("A")),
+            (
+                V::FieldArray(vec![V::LongInt(1)]),
+                V::FieldArray(vec![V::LongLongInt(1)]),
+            ),
+            (V::FieldArray(vec![s("a")]), V::FieldArray(vec![bytes("a")])),
+            (
+                V::LongLongInt((1 << 53) + 1),
+                V::Double(9_007_199_254_740_992.0),
+            ),
+        ] {
+            assert!(!values_equal(&a, &b));
+            assert_ne!(fingerprint(&ix, &a), fingerprint(&ix, &b), "{a:?} {b:?}");
+        }
+    }
+
+    #[test]
+    fn bindings_without_arguments_are_residual() {
+        let mut ix = index();
+        let all = ix.insert(binding(vec![]), 1);
+        // Only `x-` arguments: `all` ignores them all.
+        let all_x = ix.insert(binding(vec![("x-k", s("v"))]), 2);
+        let any = ix.insert(binding(vec![("x-match", s("any"))]), 3);
+        let any_x = ix.insert(binding(vec![("x-match", s("any")), ("x-k", s("v"))]), 4);
+        assert_eq!(ix.residual.len(), 4);
+        assert!(ix.keys.is_empty());
+        // `all` with nothing to check matches every message, even one without
+        // headers; `any` with nothing matches none.
+        assert_eq!(routed(&ix, None), [1, 2]);
+        assert_eq!(routed(&ix, Some(&table(vec![("x-k", s("v"))]))), [1, 2]);
+        for slot in [all, all_x, any, any_x] {
+            assert!(ix.remove(slot).is_some());
+        }
+        assert!(ix.residual.is_empty());
+        assert_eq!(routed(&ix, None), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn nan_arguments_are_residual() {
+        let mut ix = index();
+        ix.insert(binding(vec![("a", V::Double(f64::NAN))]), 1);
+        let any = binding(vec![
+            ("x-match", s("any")),
+            ("a", V::Double(f64::NAN)),
+            ("b", V::LongInt(1)),
+        ]);
+        ix.insert(any, 2);
+        assert_eq!(ix.residual.len(), 2);
+        assert!(ix.keys.is_empty());
+        let nan = table(vec![("a", V::Double(f64::NAN)), ("b", V::Double(1.0))]);
+        assert_eq!(routed(&ix, Some(&nan)), [2]);
+        assert_eq!(
+            routed(&ix, Some(&table(vec![("a", V::Double(f64::NAN))]))),
+            []
+        );
+    }
+
+    #[test]
+    fn x_arguments_are_indexed_only_with_x() {
+        let mut ix = index();
+        ix.insert(binding(vec![("x-k", s("v")), ("a", V::LongInt(1))]), 1);
+        ix.insert(
+            binding(vec![("x-match", s("all-with-x")), ("x-k", s("v"))]),
+            2,
+        );
+        ix.insert(
+            binding(vec![
+                ("x-match", s("any-with-x")),
+                ("x-k", s("v")),
+                ("a", V::Void),
+            ]),
+            3,
+        );
+        assert!(ix.residual.is_empty());
+        assert_eq!(
+            routed(&ix, Some(&table(vec![("a", V::Timestamp(1))]))),
+            [1, 3]
+        );
+        assert_eq!(routed(&ix, Some(&table(vec![("x-k", bytes("v"))]))), [2, 3]);
+        assert_eq!(
+            routed(
+                &ix,
+                Some(&table(vec![("x-k", s("v")), ("a", V::Double(1.0))]))
+            ),
+            [1, 2, 3]
+        );
+        // `x-match` in the headers is just a header.
+        assert_eq!(routed(&ix, Some(&table(vec![("x-match", s("v"))]))), []);
+    }
+
+    #[test]
+    fn void_arguments_select_by_name() {
+        let mut ix = index();
+        ix.insert(binding(vec![("a", V::Void)]), 1);
+        ix.insert(binding(vec![("a", V::Void), ("b", V::Void)]), 2);
+        // An argument with a value is preferred to a void one.
+        ix.insert(binding(vec![("a", V::Void), ("b", V::LongInt(1))]), 3);
+        assert!(ix.keys.get("b").is_some_and(|k| k.equal.len() == 1));
+        assert_eq!(routed(&ix, Some(&table(vec![("a", V::Void)]))), [1]);
+        assert_eq!(
+            routed(&ix, Some(&table(vec![("b", V::Double(1.0)), ("a", s(""))]))),
+            [1, 2, 3]
+        );
+        assert_eq!(
+            routed(&ix, Some(&table(vec![("b", V::Void), ("a", s(""))]))),
+            [1, 2]
+        );
+    }
+
+    #[test]
+    fn all_bindings_spread_over_their_arguments() {
+        // {f: i % 10, r: i / 10}: filed under whichever pair is less loaded,
+        // so no pair collects more than a few bindings.
+        let mut ix = index();
+        for i in 0..100 {
+            ix.insert(
+                binding(vec![("f", V::LongInt(i % 10)), ("r", V::LongInt(i / 10))]),
+                i as usize,
+            );
+        }
+        let largest = ix
+            .keys
+            .values()
+            .flat_map(|k| k.equal.values())
+            .map(Vec::len)
+            .max();
+        assert!(largest.is_some_and(|n| n <= 10), "{largest:?}");
+        for i in 0..100 {
+            let h = table(vec![
+                ("r", V::LongLongInt(i / 10)),
+                ("f", V::Double((i % 10) as f64)),
+            ]);
+            assert_eq!(routed(&ix, Some(&h)), [i as usize]);
+        }
+    }
+
+    #[test]
+    fn each_value_once() {
+        let mut ix = index();
+        // An `any` binding reached through two arguments, and a second binding
+        // to the same value.
+        ix.insert(
+            binding(vec![
+                ("x-match", s("any")),
+                ("a", V::LongInt(1)),
+                ("b", V::Void),
+            ]),
+            7,
+        );
+        ix.insert(binding(vec![("a", V::Timestamp(1))]), 7);
+        ix.insert(binding(vec![]), 7);
+        let h = table(vec![("a", V::Double(1.0)), ("b", s("x"))]);
+        assert_eq!(routed(&ix, Some(&h)), [7]);
+    }
+
+    #[test]
+    fn remove_frees_everything() {
+        let mut ix = index();
+        let b = || {
+            binding(vec![
+                ("x-match", s("any")),
+                ("a", V::LongInt(1)),
+                ("b", V::Void),
+            ])
+        };
+        let first = ix.insert(b(), 1);
+        let second = ix.insert(b(), 2);
+        let third = ix.insert(binding(vec![("c", s("v")), ("d", V::Void)]), 3);
+        assert_eq!(ix.remove(first), Some(1));
+        assert_eq!(ix.remove(first), None);
+        let h = table(vec![("a", V::LongInt(1)), ("c", s("v")), ("d", V::Void)]);
+        assert_eq!(routed(&ix, Some(&h)), [2, 3]);
+        assert_eq!(ix.remove(second), Some(2));
+        assert_eq!(ix.remove(third), Some(3));
+        assert!(ix.keys.is_empty() && ix.residual.is_empty());
+        assert_eq!(routed(&ix, Some(&h)), []);
+        // Slots are reused.
+        assert!([first, second, third].contains(&ix.insert(b(), 4)));
+        assert_eq!(ix.slots.len(), 3);
+        ix.clear();
+        assert_eq!(routed(&ix, Some(&h)), []);
+    }
+
+    /// One step of a random session.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Adds a binding with these arguments leading to a value in 0..4.
+        Bind(usize, FieldTable),
+        /// Removes the live binding at this position (modulo their number).
+        Unbind(usize),
+        /// Routes a message with these headers.
+        Route(Option<FieldTable>),
+    }
+
+    fn value() -> impl Strategy<Value = AMQPValue> {
+        prop::sample::select(pool())
+    }
+
+    fn arguments() -> impl Strategy<Value = FieldTable> {
+        let mode = prop::sample::select(vec![
+            None,
+            Some("all"),
+            Some("any"),
+            Some("all-with-x"),
+            Some("any-with-x"),
+        ]);
+        let key = prop::sample::select(vec!["a", "b", "c", "x-d"]);
+        (mode, prop::collection::vec((key, value()), 0..4)).prop_map(|(mode, args)| {
+            let mut t: FieldTable = args.into_iter().collect();
+            if let Some(mode) = mode {
+                t.insert("x-match", mode);
+            }
+            t
+        })
+    }
+
+    fn headers() -> impl Strategy<Value = Option<FieldTable>> {
+        let key = prop::sample::select(vec!["a", "b", "c", "x-d", "x-match", "e"]);
+        prop::option::weighted(
+            0.9,
+            prop::collection::vec((key, value()), 0..5)
+                .prop_map(|h| h.into_iter().collect::<FieldTable>()),
+        )
+    }
+
+    /// A value of any kind, from small alphabets so that equal pairs across
+    /// kinds are common; arrays and tables nest.
+    fn any_value() -> impl Strategy<Value = AMQPValue> {
+        let int = prop::sample::select(vec![-1i64, 0, 1, 2, 255]);
+        let float = prop::sample::select(vec![
+            0.0f64,
+            -0.0,
+            1.0,
+            2.0,
+            0.5,
+            0.1,
+            -1.0,
+            f64::NAN,
+            f64::INFINITY,
+        ]);
+        let text = prop::sample::select(vec!["", "a", "1"]);
+        let leaf = prop_oneof![
+            (0..8u8, int).prop_map(|(kind, n)| match kind {
+                0 => i8::try_from(n).map_or(V::Void, V::ShortShortInt),
+                1 => u8::try_from(n).map_or(V::Void, V::ShortShortUInt),
+                2 => V::ShortInt(n as i16),
+                3 => u16::try_from(n).map_or(V::Void, V::ShortUInt),
+                4 => V::LongInt(n as i32),
+                5 => u32::try_from(n).map_or(V::Void, V::LongUInt),
+                6 => V::LongLongInt(n),
+                _ => u64::try_from(n).map_or(V::Void, V::Timestamp),
+            }),
+            (any::<bool>(), float).prop_map(|(single, f)| if single {
+                V::Float(f as f32)
+            } else {
+                V::Double(f)
+            }),
+            (0..3u8, text).prop_map(|(kind, t)| match kind {
+                0 => short(t),
+                1 => s(t),
+                _ => bytes(t),
+            }),
+            any::<bool>().prop_map(V::Boolean),
+            (0..2u8, 0..11u32).prop_map(|(scale, value)| dec(scale, value)),
+            Just(V::Void),
+        ];
+        leaf.prop_recursive(3, 12, 3, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..3).prop_map(V::FieldArray),
+                prop::collection::vec((prop::sample::select(vec!["a", "b"]), inner), 0..3)
+                    .prop_map(|t| V::FieldTable(t.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..4usize, arguments()).prop_map(|(v, a)| Op::Bind(v, a)),
+            1 => any::<usize>().prop_map(Op::Unbind),
+            4 => headers().prop_map(Op::Route),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The index routes exactly as checking every live binding with its
+        /// matcher does, through binds and unbinds.
+        #[test]
+        fn index_agrees_with_linear_scan(ops in prop::collection::vec(op(), 1..60)) {
+            let mut ix = HeadersIndex::new();
+            let mut live: Vec<(usize, usize, HeadersBinding)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Bind(value, args) => {
+                        let b = HeadersBinding::compile(&args).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                        let slot = ix.insert(b.clone(), value);
+                        live.push((slot, value, b));
+                    }
+                    Op::Unbind(at) => {
+                        if !live.is_empty() {
+                            let (slot, value, _) = live.swap_remove(at % live.len());
+                            prop_assert_eq!(ix.remove(slot), Some(value));
+                        }
+                    }
+                    Op::Route(h) => {
+                        let mut want: Vec<usize> = live
+                            .iter()
+                            .filter(|(_, _, b)| b.matches(h.as_ref()))
+                            .map(|(_, v, _)| *v)
+                            .collect();
+                        want.sort_unstable();
+                        want.dedup();
+                        prop_assert_eq!(routed(&ix, h.as_ref()), want, "headers {:?}", h);
+                    }
+                }
+            }
+            // Unbinding everything leaves nothing behind.
+            for (slot, value, _) in live {
+                prop_assert_eq!(ix.remove(slot), Some(value));
+            }
+            prop_assert!(ix.keys.is_empty() && ix.residual.is_empty());
+        }
+
+        /// Random values, nested too, from small alphabets of every kind:
+        /// whenever the matcher calls two equal, they share a fingerprint.
+        #[test]
+        fn equal_implies_same_fingerprint(a in any_value(), b in any_value()) {
+            let ix = index();
+            if values_equal(&a, &b) {
+                prop_assert_eq!(fingerprint(&ix, &a), fingerprint(&ix, &b), "{:?} = {:?}", a, b);
             }
         }
     }
