@@ -774,13 +774,22 @@ impl Broker {
     ) -> PublishAsync {
         let mut queues = Vec::new();
         let mut message = message.into();
-        let state = match self.inner.prepare(
-            exchange,
-            routing_key,
-            &mut message,
-            &mut queues,
-            &mut Scratch::default(),
-        ) {
+        // Routing is synchronous: it uses this thread's scratch space and
+        // route cache, as `publish` does; only the offers wait.
+        let prepared = SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut s) => {
+                self.inner
+                    .prepare(exchange, routing_key, &mut message, &mut queues, &mut s)
+            }
+            Err(_) => self.inner.prepare(
+                exchange,
+                routing_key,
+                &mut message,
+                &mut queues,
+                &mut Scratch::default(),
+            ),
+        });
+        let state = match prepared {
             Ok(p) => Ok(p),
             Err(e) => Err(Some(e)),
         };
