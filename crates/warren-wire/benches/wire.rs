@@ -1,30 +1,57 @@
-//! warren-wire against RabbitMQ on loopback, with the same client (lapin):
+//! warren-wire against RabbitMQ on loopback, with the same client (lapin);
+//! every message body is 16 bytes:
 //!
-//! - `confirms`: 1000 publishes of 64 bytes in flight under publisher
+//! - `confirms`: 1000 publishes in flight on one channel under publisher
 //!   confirms, until every ack is in;
 //! - `confirms_4conn`: the same 1000 confirmed publishes split over 4
-//!   client connections publishing in parallel (is one lapin connection the
-//!   bottleneck?);
-//! - `auto_ack`: 1000 publishes received by a no-ack consumer on another
+//!   client connections publishing in parallel;
+//! - `auto_ack`: 1000 publishes, received by a no-ack consumer on another
 //!   connection;
-//! - `manual_ack`: 2000 publishes of 16 bytes received by a consumer with
-//!   basic.qos prefetch 1000 that acks each delivery;
+//! - `auto_ack_4conn`: the same 1000 split over 4 pairs running in
+//!   parallel, each a publisher connection, its own queue and its own no-ack
+//!   consumer connection;
+//! - `manual_ack`: 2000 publishes received by a consumer with basic.qos
+//!   prefetch 1000 that acks each delivery (2000 basic.ack);
+//! - `manual_ack_multi100`: the same, acking with `multiple` every 100th
+//!   delivery (20 basic.ack);
+//! - `manual_ack_4conn`: `manual_ack` split over 4 pairs as in
+//!   `auto_ack_4conn`, still acking each delivery;
 //! - `topic_1000`: 1000 publishes to a topic exchange with 1000 wildcard
 //!   bindings (seeded random 3–5 word patterns over a 50-word vocabulary,
 //!   ~10% `*`, ~5% `#`) onto 10 queues, consumed (no-ack) from all 10; each
 //!   key instantiates a random binding, so every message is routed somewhere;
-//! - `roundtrip`: 100 sequential publish → deliver round trips.
+//! - `roundtrip`: 100 sequential publish → deliver round trips (one way
+//!   through a queue to a no-ack consumer on another connection; not yet an
+//!   RPC with `reply_to` / `correlation_id`, and a total, not a p50);
+//! - `roundtrip_4conn`: the same 100 split over 4 pairs in parallel.
 //!
 //! The baseline is RabbitMQ, measured in the same run, rounds interleaved;
 //! the report states warren's time as a ratio of RabbitMQ's. Set
 //! `WARREN_RABBITMQ_ADDR=127.0.0.1:5673` (a RabbitMQ with guest/guest); without
-//! it only warren is measured. warren's server runs in this process, so
-//! client and server share its CPU; RabbitMQ runs in its own.
+//! it only warren is measured. warren's server runs in this process but on a
+//! tokio runtime of its own, built as `warren serve` builds it (threads named
+//! `warren-wire`), so it shares no threads with the client; RabbitMQ runs in
+//! its own process.
+//!
+//! Next to each time the report shows where the CPU went (Linux, from
+//! `/proc`), as shares of the wall time: all client threads (lapin's
+//! `lapin-io-loop` thread per connection, the client runtime, the main
+//! thread), the busiest single client thread, and the server: warren's
+//! `warren-wire` threads, or RabbitMQ's process if `WARREN_RABBITMQ_PID` is
+//! set (else `?`).
+//!
+//! The client is the bottleneck against warren (2 shared cores): lapin's
+//! threads spend 2–4.5x the CPU of warren's server in every case (0.3–1.8x
+//! against RabbitMQ), no client thread is saturated (busiest ≤ ~50%), and
+//! 4 connections cut wall time only where a lone connection waits (confirms,
+//! round trips); for auto/manual ack they add client CPU instead.
 //!
 //! ```sh
-//! WARREN_RABBITMQ_ADDR=127.0.0.1:5673 cargo bench -p warren-wire --bench wire
+//! WARREN_RABBITMQ_ADDR=127.0.0.1:5673 WARREN_RABBITMQ_PID=$(pgrep beam.smp) \
+//!     cargo bench -p warren-wire --bench wire
 //! ```
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
@@ -34,17 +61,17 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
-use tokio::runtime::Runtime;
 use warren_core::Broker;
 use warren_wire::{Server, ServerConfig};
 
 const BATCH: usize = 1000;
 const ROUNDTRIPS: usize = 100;
-const BODY: [u8; 64] = [7; 64];
-const BODY16: [u8; 16] = [7; 16];
+const BODY: [u8; 16] = [7; 16];
 const MANUAL: usize = 2000;
 const PREFETCH: u16 = 1000;
 const PAR_CONNS: usize = 4;
+/// `manual_ack_multi100` acks with `multiple` every this many deliveries.
+const ACK_EVERY: usize = 100;
 const TOPIC_BINDINGS: usize = 1000;
 const TOPIC_QUEUES: usize = 10;
 const TOPIC_VOCAB: usize = 50;
@@ -145,7 +172,13 @@ struct Target {
     queue: String,
     /// Confirm-mode channels, one per extra connection, for `confirms_4conn`.
     par: Vec<Channel>,
+    /// Plain channels on the same extra connections, publishers of the
+    /// other `_4conn` cases.
+    par_publishers: Vec<Channel>,
     _par_conns: Vec<Connection>,
+    /// One consumer connection and one queue per publisher connection.
+    par_consumer_conns: Vec<Connection>,
+    par_queues: Vec<String>,
     topic_exchange: String,
     topic_queues: Vec<String>,
     topic_keys: Vec<String>,
@@ -173,8 +206,11 @@ async fn target(name: &'static str, url: &str, tag: &str, spec: &TopicSpec) -> T
         .await
         .expect("declare");
     let mut par = Vec::new();
+    let mut par_publishers = Vec::new();
     let mut par_conns = Vec::new();
-    for _ in 0..PAR_CONNS {
+    let mut par_consumer_conns = Vec::new();
+    let mut par_queues = Vec::new();
+    for i in 0..PAR_CONNS {
         let c = Connection::connect(url, ConnectionProperties::default())
             .await
             .expect("connect");
@@ -183,7 +219,19 @@ async fn target(name: &'static str, url: &str, tag: &str, spec: &TopicSpec) -> T
             .await
             .expect("confirms");
         par.push(ch);
+        par_publishers.push(c.create_channel().await.expect("channel"));
         par_conns.push(c);
+        par_consumer_conns.push(
+            Connection::connect(url, ConnectionProperties::default())
+                .await
+                .expect("connect"),
+        );
+        let q = format!("{queue}-p{i}");
+        publisher
+            .queue_declare(q.as_str().into(), Default::default(), FieldTable::default())
+            .await
+            .expect("declare");
+        par_queues.push(q);
     }
     // The topic topology, declared once, outside any timed region.
     let topic_exchange = format!("bench-topic-{tag}-{}", std::process::id());
@@ -224,7 +272,10 @@ async fn target(name: &'static str, url: &str, tag: &str, spec: &TopicSpec) -> T
         _conn: conn,
         queue,
         par,
+        par_publishers,
         _par_conns: par_conns,
+        par_consumer_conns,
+        par_queues,
         topic_exchange,
         topic_queues,
         topic_keys: spec.keys.clone(),
@@ -301,9 +352,10 @@ async fn confirms_par(t: &Target) -> Duration {
     d
 }
 
-/// `MANUAL` 16-byte publishes received by a prefetch-limited consumer on
-/// another connection that acks each delivery.
-async fn manual_ack(t: &Target) -> Duration {
+/// `MANUAL` publishes received by a prefetch-limited consumer on another
+/// connection that acks every `ack_every`-th delivery (with `multiple` when
+/// `ack_every > 1`, so every delivery is acked).
+async fn manual_ack(t: &Target, ack_every: usize) -> Duration {
     let cch = t.consumer_conn.create_channel().await.expect("channel");
     cch.basic_qos(PREFETCH, BasicQosOptions::default())
         .await
@@ -319,14 +371,97 @@ async fn manual_ack(t: &Target) -> Duration {
         .expect("consume");
     let start = Instant::now();
     for _ in 0..MANUAL {
-        publish_to(&t.publisher, "", &t.queue, &BODY16).await;
+        publish(&t.publisher, &t.queue).await;
     }
-    for _ in 0..MANUAL {
+    for i in 1..=MANUAL {
         let d = consumer.next().await.expect("delivery").expect("delivery");
-        d.ack(BasicAckOptions::default()).await.expect("ack");
+        if i % ack_every == 0 {
+            d.ack(BasicAckOptions {
+                multiple: ack_every > 1,
+            })
+            .await
+            .expect("ack");
+        }
     }
     let d = start.elapsed();
     cch.close(200, "done".into()).await.expect("close");
+    d
+}
+
+/// What each of the `PAR_CONNS` client pairs of a `_4conn` case does.
+#[derive(Clone, Copy)]
+enum Pair {
+    /// Publish all, then receive all with a no-ack consumer.
+    AutoAck,
+    /// Publish all, then receive all with a prefetch-limited consumer that
+    /// acks each delivery.
+    ManualAck,
+    /// Publish one, receive it (no-ack), repeat.
+    Roundtrip,
+}
+
+/// `n` messages split over `PAR_CONNS` publisher connections, each with its
+/// own queue and consumer connection, all pairs running in parallel.
+async fn pairs(t: &Target, mode: Pair, n: usize) -> Duration {
+    let manual = matches!(mode, Pair::ManualAck);
+    let mut consumers = Vec::with_capacity(PAR_CONNS);
+    for (conn, queue) in t.par_consumer_conns.iter().zip(&t.par_queues) {
+        let cch = conn.create_channel().await.expect("channel");
+        if manual {
+            cch.basic_qos(PREFETCH, BasicQosOptions::default())
+                .await
+                .expect("qos");
+        }
+        let consumer = cch
+            .basic_consume(
+                queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: !manual,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume");
+        consumers.push((cch, consumer));
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = consumers
+        .into_iter()
+        .zip(t.par_publishers.iter().zip(&t.par_queues))
+        .map(|((cch, mut consumer), (pch, queue))| {
+            let (pch, queue) = (pch.clone(), queue.clone());
+            tokio::spawn(async move {
+                let n = n / PAR_CONNS;
+                if let Pair::Roundtrip = mode {
+                    for _ in 0..n {
+                        publish(&pch, &queue).await;
+                        consumer.next().await.expect("delivery").expect("delivery");
+                    }
+                } else {
+                    for _ in 0..n {
+                        publish(&pch, &queue).await;
+                    }
+                    for _ in 0..n {
+                        let d = consumer.next().await.expect("delivery").expect("delivery");
+                        if manual {
+                            d.ack(BasicAckOptions::default()).await.expect("ack");
+                        }
+                    }
+                }
+                cch
+            })
+        })
+        .collect();
+    let mut channels = Vec::with_capacity(PAR_CONNS);
+    for task in tasks {
+        channels.push(task.await.expect("pair task"));
+    }
+    let d = start.elapsed();
+    for cch in channels {
+        cch.close(200, "done".into()).await.expect("close");
+    }
     d
 }
 
@@ -436,14 +571,98 @@ type Workload = for<'a> fn(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + 'a>>;
 
 /// (name, messages per run, workload), in report order.
-const WORKLOADS: [(&str, usize, Workload); 6] = [
+const WORKLOADS: [(&str, usize, Workload); 10] = [
     ("confirms", BATCH, |t, ch| Box::pin(confirms(t, ch))),
     ("confirms_4conn", BATCH, |t, _| Box::pin(confirms_par(t))),
     ("auto_ack", BATCH, |t, _| Box::pin(auto_ack(t))),
-    ("manual_ack", MANUAL, |t, _| Box::pin(manual_ack(t))),
+    ("auto_ack_4conn", BATCH, |t, _| {
+        Box::pin(pairs(t, Pair::AutoAck, BATCH))
+    }),
+    ("manual_ack", MANUAL, |t, _| Box::pin(manual_ack(t, 1))),
+    ("manual_ack_multi100", MANUAL, |t, _| {
+        Box::pin(manual_ack(t, ACK_EVERY))
+    }),
+    ("manual_ack_4conn", MANUAL, |t, _| {
+        Box::pin(pairs(t, Pair::ManualAck, MANUAL))
+    }),
     ("topic_1000", BATCH, |t, _| Box::pin(topic(t))),
     ("roundtrip", ROUNDTRIPS, |t, _| Box::pin(roundtrip(t))),
+    ("roundtrip_4conn", ROUNDTRIPS, |t, _| {
+        Box::pin(pairs(t, Pair::Roundtrip, ROUNDTRIPS))
+    }),
 ];
+
+/// The run time of each thread of process `pid` ("self" for this one), by
+/// thread id: (thread name, time on CPU). Linux only (`/proc`); elsewhere
+/// empty, and the report leaves the CPU columns out.
+fn thread_cpu(pid: &str) -> HashMap<u64, (String, Duration)> {
+    let mut threads = HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in dir.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let name = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        // schedstat: nanoseconds on CPU, nanoseconds waiting, timeslices.
+        let ns = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse().ok());
+        if let Some(ns) = ns {
+            threads.insert(tid, (name.trim().to_owned(), Duration::from_nanos(ns)));
+        }
+    }
+    threads
+}
+
+/// CPU time spent during one timed run.
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    /// All client threads (this process, minus warren's server threads).
+    client: Duration,
+    /// The busiest single client thread.
+    busiest: Duration,
+    /// The server: warren's `warren-wire` threads, or RabbitMQ's process
+    /// when `WARREN_RABBITMQ_PID` is set.
+    server: Option<Duration>,
+}
+
+/// Runs `run`, measuring its wall time and the CPU time it cost.
+fn measured(run: impl FnOnce() -> Duration, server_pid: Option<&str>) -> (Duration, Cpu) {
+    let before = thread_cpu("self");
+    let server_before = server_pid.map(thread_cpu);
+    let wall = run();
+    let after = thread_cpu("self");
+    let server_after = server_pid.map(thread_cpu);
+    let delta = |tid: &u64, cpu: Duration, before: &HashMap<u64, (String, Duration)>| {
+        cpu.saturating_sub(before.get(tid).map_or(Duration::ZERO, |(_, d)| *d))
+    };
+    let mut cpu = Cpu::default();
+    let mut warren = Duration::ZERO;
+    for (tid, (name, t)) in &after {
+        let d = delta(tid, *t, &before);
+        if name.starts_with(SERVER_THREADS) {
+            warren += d;
+        } else {
+            cpu.client += d;
+            cpu.busiest = cpu.busiest.max(d);
+        }
+    }
+    cpu.server = match (server_before, server_after) {
+        (Some(b), Some(a)) => Some(a.iter().map(|(tid, (_, t))| delta(tid, *t, &b)).sum()),
+        _ => server_pid.is_none().then_some(warren),
+    };
+    (wall, cpu)
+}
+
+/// The thread name of warren's server runtime, as in `warren serve`.
+const SERVER_THREADS: &str = "warren-wire";
+
+/// `part` as a percentage of `whole`.
+fn pct(part: Duration, whole: Duration) -> f64 {
+    100.0 * part.as_secs_f64() / whole.as_secs_f64()
+}
 
 fn median(v: &mut [Duration]) -> Duration {
     v.sort_unstable();
@@ -452,9 +671,21 @@ fn median(v: &mut [Duration]) -> Duration {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--test");
-    let rt = Runtime::new().expect("runtime");
+    // warren's server gets a runtime (and threads) of its own, built as
+    // `warren serve` builds it, so it shares no threads with the client,
+    // like RabbitMQ.
+    let server_rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name(SERVER_THREADS)
+        .build()
+        .expect("server runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("bench-client")
+        .build()
+        .expect("client runtime");
     let broker = Broker::new();
-    let server = rt
+    let server = server_rt
         .block_on(Server::bind(
             "127.0.0.1:0",
             ServerConfig::with_broker(broker),
@@ -467,6 +698,7 @@ fn main() {
     if rabbit_url.is_none() {
         eprintln!("WARREN_RABBITMQ_ADDR not set: measuring warren only, no ratio");
     }
+    let rabbit_pid = std::env::var("WARREN_RABBITMQ_PID").ok();
     let spec = topic_spec();
     let mut targets = vec![rt.block_on(target("warren", &warren_url, "w", &spec))];
     if let Some(url) = &rabbit_url {
@@ -499,23 +731,48 @@ fn main() {
     c.final_summary();
 
     if targets.len() == 2 {
-        // The ratio, from interleaved rounds under the same noise.
+        // The ratio, from interleaved rounds under the same noise, and where
+        // the CPU went: client threads in all, the busiest client thread,
+        // and the server, as shares of the wall time.
         let rounds = if quick { 1 } else { 15 };
         println!(
-            "\nwarren / RabbitMQ (median of {rounds} interleaved rounds; below 1 = warren faster)"
+            "\nwarren / RabbitMQ (median of {rounds} interleaved rounds; below 1 = warren faster)\n\
+             cpu: client threads / busiest client thread / server, % of wall time"
         );
         for (name, _, w) in WORKLOADS {
-            let mut a = Vec::new();
-            let mut b = Vec::new();
+            let mut walls = [Vec::new(), Vec::new()];
+            let mut cpus = [(Duration::ZERO, Cpu::default()); 2];
             for _ in 0..rounds {
-                a.push(rt.block_on(w(&targets[0], &confirm_channels[0])));
-                b.push(rt.block_on(w(&targets[1], &confirm_channels[1])));
+                for (i, (t, ch)) in targets.iter().zip(&confirm_channels).enumerate() {
+                    let pid = if i == 0 { None } else { rabbit_pid.as_deref() };
+                    let (wall, cpu) = measured(|| rt.block_on(w(t, ch)), pid);
+                    walls[i].push(wall);
+                    let sum = &mut cpus[i];
+                    sum.0 += wall;
+                    sum.1.client += cpu.client;
+                    sum.1.busiest += cpu.busiest;
+                    sum.1.server = cpu.server.map(|s| s + sum.1.server.unwrap_or_default());
+                }
             }
-            let (ta, tb) = (median(&mut a), median(&mut b));
+            let [ta, tb] = walls.map(|mut v| median(&mut v));
+            let cpu = cpus.map(|(wall, cpu)| match cpu.server {
+                _ if cpu.client.is_zero() => String::new(),
+                Some(s) => format!(
+                    "{:>4.0}/{:>3.0}/{:>3.0}",
+                    pct(cpu.client, wall),
+                    pct(cpu.busiest, wall),
+                    pct(s, wall)
+                ),
+                None => format!(
+                    "{:>4.0}/{:>3.0}/  ?",
+                    pct(cpu.client, wall),
+                    pct(cpu.busiest, wall)
+                ),
+            });
             println!(
-                "  {name:<14} warren {:>9.2?}  rabbitmq {:>9.2?}  ratio {:.2}",
-                ta,
-                tb,
+                "  {name:<20} warren {ta:>9.2?} cpu {}  rabbitmq {tb:>9.2?} cpu {}  ratio {:.2}",
+                cpu[0],
+                cpu[1],
                 ta.as_secs_f64() / tb.as_secs_f64()
             );
         }
@@ -531,10 +788,16 @@ fn main() {
                     .queue_delete(q.as_str().into(), Default::default()),
             );
         }
+        for q in &t.par_queues {
+            let _ = rt.block_on(
+                t.publisher
+                    .queue_delete(q.as_str().into(), Default::default()),
+            );
+        }
         let _ = rt.block_on(
             t.publisher
                 .exchange_delete(t.topic_exchange.as_str().into(), Default::default()),
         );
     }
-    rt.block_on(server.shutdown());
+    server_rt.block_on(server.shutdown());
 }
