@@ -23,7 +23,12 @@
 //! - `roundtrip`: 100 sequential publish → deliver round trips (one way
 //!   through a queue to a no-ack consumer on another connection; not yet an
 //!   RPC with `reply_to` / `correlation_id`, and a total, not a p50);
-//! - `roundtrip_4conn`: the same 100 split over 4 pairs in parallel.
+//! - `roundtrip_4conn`: the same 100 split over 4 pairs in parallel;
+//! - `rpc_p50`: 100 sequential RPCs as RPC clients make them: a request with
+//!   `reply_to` (direct reply-to, `amq.rabbitmq.reply-to`) and a
+//!   `correlation_id`, answered by a server on another connection to its
+//!   `reply_to` with the same `correlation_id`. Its "time" is 100 × the run's
+//!   median round trip, so its ratio is the ratio of p50s.
 //!
 //! The baseline is RabbitMQ, measured in the same run, rounds interleaved;
 //! the report states warren's time as a ratio of RabbitMQ's. Set
@@ -540,6 +545,89 @@ async fn auto_ack(t: &Target) -> Duration {
     d
 }
 
+/// `ROUNDTRIPS` sequential RPCs (request with `reply_to` and
+/// `correlation_id`, reply by a server on the consumer connection); returns
+/// `ROUNDTRIPS` × the median round trip.
+async fn rpc_p50(t: &Target) -> Duration {
+    let server_ch = t.consumer_conn.create_channel().await.expect("channel");
+    let mut requests = server_ch
+        .basic_consume(
+            t.queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("server consume");
+    let server = {
+        let ch = server_ch.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = requests.next().await {
+                let (Some(reply_to), Some(id)) = (
+                    d.properties.reply_to().clone(),
+                    d.properties.correlation_id().clone(),
+                ) else {
+                    continue;
+                };
+                let _ = ch
+                    .basic_publish(
+                        "".into(),
+                        reply_to.as_str().into(),
+                        BasicPublishOptions::default(),
+                        &BODY,
+                        BasicProperties::default().with_correlation_id(id),
+                    )
+                    .await;
+            }
+        })
+    };
+    let client_ch = t._conn.create_channel().await.expect("channel");
+    let mut replies = client_ch
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("reply consumer");
+    let mut times = Vec::with_capacity(ROUNDTRIPS);
+    for i in 0..ROUNDTRIPS {
+        let id = format!("call-{i}");
+        let start = Instant::now();
+        client_ch
+            .basic_publish(
+                "".into(),
+                t.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                &BODY,
+                BasicProperties::default()
+                    .with_reply_to("amq.rabbitmq.reply-to".into())
+                    .with_correlation_id(id.as_str().into()),
+            )
+            .await
+            .expect("request");
+        loop {
+            let d = replies.next().await.expect("reply").expect("reply");
+            if d.properties.correlation_id().as_ref().map(|c| c.as_str()) == Some(id.as_str()) {
+                break;
+            }
+        }
+        times.push(start.elapsed());
+    }
+    client_ch.close(200, "done".into()).await.expect("close");
+    server_ch.close(200, "done".into()).await.expect("close");
+    let _ = server.await;
+    times.sort_unstable();
+    times[times.len() / 2] * ROUNDTRIPS as u32
+}
+
 /// `ROUNDTRIPS` sequential publish → deliver round trips.
 async fn roundtrip(t: &Target) -> Duration {
     let cch = t.consumer_conn.create_channel().await.expect("channel");
@@ -571,7 +659,7 @@ type Workload = for<'a> fn(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + 'a>>;
 
 /// (name, messages per run, workload), in report order.
-const WORKLOADS: [(&str, usize, Workload); 10] = [
+const WORKLOADS: [(&str, usize, Workload); 11] = [
     ("confirms", BATCH, |t, ch| Box::pin(confirms(t, ch))),
     ("confirms_4conn", BATCH, |t, _| Box::pin(confirms_par(t))),
     ("auto_ack", BATCH, |t, _| Box::pin(auto_ack(t))),
@@ -590,6 +678,7 @@ const WORKLOADS: [(&str, usize, Workload); 10] = [
     ("roundtrip_4conn", ROUNDTRIPS, |t, _| {
         Box::pin(pairs(t, Pair::Roundtrip, ROUNDTRIPS))
     }),
+    ("rpc_p50", ROUNDTRIPS, |t, _| Box::pin(rpc_p50(t))),
 ];
 
 /// The run time of each thread of process `pid` ("self" for this one), by
