@@ -98,4 +98,4 @@ pub use crate::error::ConfigError;
 pub use crate::serve::{
     blocking_serve, serve, serve_until, LimitsEntry, MemoryEntry, ServeConfig, UserEntry,
 };
-pub use crate::server::Server;
+pub use crate::server::{ConnectionHandler, Server};
