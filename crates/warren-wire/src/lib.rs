@@ -28,6 +28,10 @@
 //! # }
 //! ```
 //!
+//! To serve connections that do not come from a TCP listener (a Unix
+//! socket, a TLS stream, an in-memory [`tokio::io::duplex`] pipe in tests),
+//! hand each stream to a [`ConnectionHandler`].
+//!
 //! `warren serve` runs one standalone from a TOML file: see [`serve`] (or
 //! [`blocking_serve`] from a synchronous `main`) and [`ServeConfig`].
 //!
