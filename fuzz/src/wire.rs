@@ -1209,13 +1209,12 @@ async fn play(session: &Session, writes: &[Write]) -> Vec<u8> {
 }
 
 /// Reply codes a `close` may carry (AMQP 0-9-1 and RabbitMQ's).
-const REPLY_CODES: [u16; 15] = [
-    200, 311, 312, 313, 320, 402, 403, 404, 405, 406, 501, 502, 503, 504, 505,
+const REPLY_CODES: [u16; 19] = [
+    200, 311, 312, 313, 320, 402, 403, 404, 405, 406, 501, 502, 503, 504, 505, 506, 530, 540, 541,
 ];
-const MORE_REPLY_CODES: [u16; 4] = [506, 530, 540, 541];
 
 fn reply_code_ok(code: u16) -> bool {
-    REPLY_CODES.contains(&code) || MORE_REPLY_CODES.contains(&code)
+    REPLY_CODES.contains(&code)
 }
 
 fn check_output(writes: &[Write], played: &Played) {
