@@ -19,6 +19,10 @@
 //!
 //! Checks:
 //!
+//! Sessions that turn the memory alarm on ([`Item::Alarm`]) get a server
+//! with a watermark whose probe the session sets; the alarm is cleared
+//! before the client goes (a blocked connection reads nothing).
+//!
 //! - nothing panics, on any task;
 //! - once the input is written, the connection ends, or waits for input with
 //!   no timer pending; once the client then closes its side (or the server
@@ -37,8 +41,8 @@
 //! - afterwards the broker holds no consumer, no unacknowledged message and
 //!   no exclusive queue of the connection, and the connection count is 0.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, WriteContext};
@@ -50,7 +54,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use warren_core::{Broker, BrokerOptions, ManualClock, QueueDeclareOptions};
-use warren_wire::{ConnectionHandler, ServerConfig};
+use warren_wire::{ConnectionHandler, MemoryWatermark, ServerConfig};
 
 /// The protocol header of AMQP 0-9-1.
 const HEADER: &[u8; 8] = b"AMQP\x00\x00\x09\x01";
@@ -66,6 +70,10 @@ const IDLE: Duration = Duration::from_secs(3 * 24 * 3600);
 /// How long the connection may take to end once the client has gone
 /// (virtual time: the server's own timers are at most 30 s).
 const END: Duration = Duration::from_secs(120);
+/// How often the server measures memory in sessions with [`Item::Alarm`].
+const ALARM_INTERVAL: Duration = Duration::from_secs(1);
+/// [`IDLE`] for sessions with [`Item::Alarm`].
+const ALARM_IDLE: Duration = Duration::from_secs(600);
 
 /// The most bytes the server may write back for `input` bytes. A
 /// publish can be delivered to as many queues as the input declares and
@@ -165,11 +173,15 @@ pub enum Item {
     Tick(u8),
     /// End the current write and let the server handle it.
     Cut,
+    /// End the current write, then turn the memory alarm on or off (the
+    /// server measures once a virtual second; publishers are blocked while
+    /// it is on).
+    Alarm(bool),
 }
 
 /// A channel number: mostly 1 and 2, sometimes 0 or another.
 #[derive(Arbitrary, Debug, Clone, Copy)]
-pub struct Chan(u8);
+pub struct Chan(pub u8);
 
 impl Chan {
     fn id(self) -> u16 {
@@ -185,7 +197,7 @@ impl Chan {
 
 /// A name for queues, exchanges, routing keys and consumer tags.
 #[derive(Arbitrary, Debug, Clone, Copy)]
-pub struct Name(u8);
+pub struct Name(pub u8);
 
 const NAMES: [&str; 16] = [
     "q",
@@ -214,7 +226,7 @@ impl Name {
 
 /// A delivery tag: small ones (those the server hands out), 0, or huge.
 #[derive(Arbitrary, Debug, Clone, Copy)]
-pub struct Tag(u8);
+pub struct Tag(pub u8);
 
 impl Tag {
     fn get(self) -> u64 {
@@ -228,7 +240,7 @@ impl Tag {
 
 /// An argument table from the keys warren and RabbitMQ interpret.
 #[derive(Arbitrary, Debug, Clone, Default)]
-pub struct Args(Vec<(u8, Value)>);
+pub struct Args(pub Vec<(u8, Value)>);
 
 const KEYS: [&str; 16] = [
     "x-max-length",
@@ -747,7 +759,8 @@ impl Method {
     }
 }
 
-/// `connection.start-ok`: PLAIN as guest, or one of the ways to get it wrong.
+/// `connection.start-ok`: PLAIN or AMQPLAIN as guest, or one of the ways to
+/// get it wrong.
 fn start_ok(which: u8) -> AMQPClass {
     let (mechanism, response): (&str, &[u8]) = match which % 8 {
         0..=3 => ("PLAIN", b"\0guest\0guest"),
@@ -759,8 +772,18 @@ fn start_ok(which: u8) -> AMQPClass {
         ),
         _ => ("EXTERNAL", b""),
     };
+    // 0 and 1 (0 is the prelude's) announce the capabilities that make the
+    // server send `connection.blocked` and `basic.cancel`.
+    let mut client_properties = FieldTable::default();
+    if which % 8 < 2 {
+        let mut caps = FieldTable::default();
+        for cap in ["connection.blocked", "consumer_cancel_notify"] {
+            caps.insert(cap.into(), AMQPValue::Boolean(true));
+        }
+        client_properties.insert("capabilities".into(), AMQPValue::FieldTable(caps));
+    }
     AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
-        client_properties: FieldTable::default(),
+        client_properties,
         mechanism: mechanism.into(),
         response: LongString::from(response.to_vec()),
         locale: "en_US".into(),
@@ -871,11 +894,12 @@ fn content(
 }
 
 /// One write of the client: bytes, then seconds to advance the broker's
-/// clock by once the server has handled them.
+/// clock by once the server has handled them, and the memory alarm to set.
 #[derive(Debug, Default)]
 pub struct Write {
     pub bytes: Vec<u8>,
     pub tick: u8,
+    pub alarm: Option<bool>,
 }
 
 impl Session {
@@ -977,6 +1001,7 @@ impl Session {
                         writes.push(Write {
                             bytes: std::mem::take(&mut out),
                             tick: *secs,
+                            alarm: None,
                         });
                     }
                 }
@@ -984,7 +1009,16 @@ impl Session {
                     if writes.len() < MAX_WRITES {
                         writes.push(Write {
                             bytes: std::mem::take(&mut out),
+                            ..Write::default()
+                        });
+                    }
+                }
+                Item::Alarm(on) => {
+                    if writes.len() < MAX_WRITES {
+                        writes.push(Write {
+                            bytes: std::mem::take(&mut out),
                             tick: 0,
+                            alarm: Some(*on),
                         });
                     }
                 }
@@ -992,9 +1026,9 @@ impl Session {
         }
         writes.push(Write {
             bytes: out,
-            tick: 0,
+            ..Write::default()
         });
-        writes.retain(|w| !w.bytes.is_empty() || w.tick > 0);
+        writes.retain(|w| !w.bytes.is_empty() || w.tick > 0 || w.alarm.is_some());
         writes
     }
 }
@@ -1130,7 +1164,19 @@ async fn play(session: &Session, writes: &[Write]) -> Vec<u8> {
         clock: Some(clock.clone()),
         ..BrokerOptions::default()
     });
-    let handler = ConnectionHandler::new(ServerConfig::with_broker(broker.clone()));
+    // The memory alarm, when the session uses it: what the probe reports.
+    let memory = Arc::new(AtomicU64::new(0));
+    let alarms = writes.iter().any(|w| w.alarm.is_some());
+    let mut config = ServerConfig::with_broker(broker.clone());
+    if alarms {
+        let probe = memory.clone();
+        config = config.with_memory_watermark(
+            MemoryWatermark::new(1000)
+                .with_interval(ALARM_INTERVAL)
+                .with_probe(move || probe.load(Ordering::SeqCst)),
+        );
+    }
+    let handler = ConnectionHandler::new(config);
     let (client, server_side) = tokio::io::duplex(64 * 1024);
     let (mut from_server, mut to_server) = tokio::io::split(client);
     let peer = "127.0.0.1:5672".parse().expect("an address");
@@ -1167,11 +1213,25 @@ async fn play(session: &Session, writes: &[Write]) -> Vec<u8> {
             clock.advance(Duration::from_secs(u64::from(w.tick)));
             broker.run_expiry();
         }
+        if let Some(on) = w.alarm {
+            memory.store(if on { 1_000_000 } else { 0 }, Ordering::SeqCst);
+            // (the server notices within an interval)
+            tokio::time::sleep(ALARM_INTERVAL * 2).await;
+        }
     }
-    let ended = tokio::time::timeout(IDLE, &mut connection).await;
+    // The memory monitor ticks every virtual second: waiting days for the
+    // connection to go idle would take as many ticks.
+    let idle = if alarms { ALARM_IDLE } else { IDLE };
+    let ended = tokio::time::timeout(idle, &mut connection).await;
     // No server timer is shorter than a second: an end this early is the
     // server's own decision.
-    let ended_on_its_own = ended.is_ok() && started.elapsed() < Duration::from_secs(1);
+    let ended_on_its_own = !alarms && ended.is_ok() && started.elapsed() < Duration::from_secs(1);
+    // A blocked connection reads nothing, and would not see the client go:
+    // the alarm clears first.
+    if alarms {
+        memory.store(0, Ordering::SeqCst);
+        tokio::time::sleep(ALARM_INTERVAL * 2).await;
+    }
     if let Ok(r) = &ended {
         assert!(r.is_ok(), "the connection task failed: {r:?}");
     }

@@ -147,6 +147,74 @@ fn seeds_reach_their_targets() {
     }
 }
 
+/// A session that turns the memory alarm on around a publish: the server
+/// blocks the connection (`connection.blocked`), resumes once the alarm
+/// clears, and the message arrives.
+#[test]
+fn the_memory_alarm_blocks_and_releases_a_publisher() {
+    use wire::{Chan, End, Item, Method, Name, Prelude, Props, Session, Tune};
+    let session = Session {
+        prelude: Prelude::Channel(Tune {
+            channel_max: 0,
+            small_frames: false,
+            heartbeat: 0,
+        }),
+        items: vec![
+            Item::Method {
+                channel: Chan(0),
+                method: Method::QueueDeclare {
+                    queue: Name(0),
+                    passive: false,
+                    durable: false,
+                    exclusive: false,
+                    auto_delete: false,
+                    nowait: false,
+                    arguments: Default::default(),
+                },
+            },
+            Item::Alarm(true),
+            Item::Publish {
+                channel: Chan(0),
+                exchange: Name(2),
+                routing_key: Name(0),
+                mandatory: false,
+                properties: Props::default(),
+                body: b"x".to_vec(),
+            },
+            Item::Alarm(false),
+            Item::Method {
+                channel: Chan(0),
+                method: Method::Get {
+                    queue: Name(0),
+                    no_ack: true,
+                },
+            },
+        ],
+        end: End::Eof,
+    };
+    let frames = frames(&wire::check_session(&session));
+    let methods: Vec<&AMQPClass> = frames
+        .iter()
+        .filter_map(|f| match f {
+            AMQPFrame::Method(_, m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let at = |f: &dyn Fn(&AMQPClass) -> bool| methods.iter().position(|m| f(m));
+    let blocked = at(&|m| matches!(m, AMQPClass::Connection(connection::AMQPMethod::Blocked(_))));
+    let unblocked = at(&|m| {
+        matches!(
+            m,
+            AMQPClass::Connection(connection::AMQPMethod::Unblocked(_))
+        )
+    });
+    let got = at(&|m| matches!(m, AMQPClass::Basic(basic::AMQPMethod::GetOk(_))));
+    assert!(
+        blocked.is_some() && blocked < unblocked && unblocked < got,
+        "{methods:?}"
+    );
+}
+
 /// Writes the seeds to `fuzz/corpus/wire_frames/` (run with `--ignored`
 /// after changing them).
 #[test]
