@@ -307,6 +307,28 @@ impl Channel {
         self.content = Content::Idle;
     }
 
+    /// What [`release`](Self::release) does without waiting for the
+    /// consumer tasks, for a channel dropped before it was released (its
+    /// connection's future was dropped): the consumers stop, the
+    /// unacknowledged deliveries go back to their queues.
+    fn release_now(&mut self) {
+        let (unacked, consumers) = {
+            let mut st = self.shared.state.lock();
+            st.open = false;
+            st.consumer_unacked = 0;
+            (
+                std::mem::take(&mut st.unacked),
+                std::mem::take(&mut st.consumers),
+            )
+        };
+        drop(consumers);
+        self.shared.credit.notify_waiters();
+        for (_, task) in self.tasks.drain() {
+            task.abort();
+        }
+        drop(unacked);
+    }
+
     fn expand_queue(&self, name: &str) -> Result<String, AmqpError> {
         if !name.is_empty() {
             return Ok(name.to_owned());
@@ -314,6 +336,13 @@ impl Channel {
         self.last_queue
             .clone()
             .ok_or_else(|| AmqpError::channel(404, "no previously declared queue"))
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        // After `release` there is nothing left to do.
+        self.release_now();
     }
 }
 

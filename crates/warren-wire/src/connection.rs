@@ -17,9 +17,7 @@ use std::time::Duration;
 use amq_protocol::protocol::{channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue as WireValue, FieldTable as WireTable, LongString};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use warren_core::{Broker, OwnerId};
@@ -97,8 +95,15 @@ fn login_allowed(
     }
 }
 
-/// Serves one accepted TCP connection to the end.
-pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+/// Serves one connection to the end, reading from `rd` and writing to `wr`
+/// (a TCP stream's halves, or any stream's). The caller has counted it in
+/// with [`Shared::connection_opened`]; it is counted out when this ends or
+/// is dropped.
+pub(crate) async fn serve<R, W>(mut rd: R, mut wr: W, peer: SocketAddr, shared: Arc<Shared>)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     struct Count(Arc<Shared>);
     impl Drop for Count {
         fn drop(&mut self) {
@@ -106,8 +111,6 @@ pub(crate) async fn serve(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         }
     }
     let _count = Count(shared.clone());
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
 
     let mut header = [0u8; 8];
     let got = tokio::time::timeout(handshake_timeout(&shared), rd.read_exact(&mut header)).await;
@@ -220,7 +223,7 @@ impl Connection {
     }
 
     /// Reads and handles frames until the connection is over.
-    async fn run(&mut self, rd: &mut OwnedReadHalf) {
+    async fn run<R: AsyncRead + Unpin>(&mut self, rd: &mut R) {
         let handshake_deadline = Instant::now() + handshake_timeout(&self.shared);
         loop {
             loop {
@@ -297,7 +300,7 @@ impl Connection {
 
     /// Sends `connection.close` for `e`, releases everything, and waits a
     /// little for the client's `close-ok`.
-    async fn fail(&mut self, e: AmqpError, rd: &mut OwnedReadHalf) {
+    async fn fail<R: AsyncRead + Unpin>(&mut self, e: AmqpError, rd: &mut R) {
         self.flush_confirms();
         self.out.method(
             0,
@@ -313,7 +316,7 @@ impl Connection {
         let _ = tokio::time::timeout(CLOSE_OK_TIMEOUT, self.await_close_ok(rd)).await;
     }
 
-    async fn await_close_ok(&mut self, rd: &mut OwnedReadHalf) {
+    async fn await_close_ok<R: AsyncRead + Unpin>(&mut self, rd: &mut R) {
         loop {
             loop {
                 match codec::next_frame(&mut self.rbuf, self.frame_max - FRAME_OVERHEAD) {
@@ -757,6 +760,19 @@ impl Connection {
             );
         }
         Ok(())
+    }
+}
+
+impl Drop for Connection {
+    /// A connection dropped before its teardown (its future was dropped):
+    /// its channels release what they hold as they drop; its exclusive
+    /// queues go here.
+    fn drop(&mut self) {
+        if !self.torn_down {
+            if let (Some(broker), Some(owner)) = (&self.broker, self.owner) {
+                broker.release_owner(owner);
+            }
+        }
     }
 }
 

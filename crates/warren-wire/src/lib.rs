@@ -28,6 +28,10 @@
 //! # }
 //! ```
 //!
+//! To serve connections that do not come from a TCP listener (a Unix
+//! socket, a TLS stream, an in-memory [`tokio::io::duplex`] pipe in tests),
+//! hand each stream to a [`ConnectionHandler`].
+//!
 //! `warren serve` runs one standalone from a TOML file: see [`serve`] (or
 //! [`blocking_serve`] from a synchronous `main`) and [`ServeConfig`].
 //!
@@ -103,4 +107,4 @@ pub use crate::error::ConfigError;
 pub use crate::serve::{
     blocking_serve, serve, serve_until, LimitsEntry, MemoryEntry, ServeConfig, UserEntry,
 };
-pub use crate::server::Server;
+pub use crate::server::{ConnectionHandler, Server};

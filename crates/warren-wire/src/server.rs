@@ -1,9 +1,12 @@
-//! The listening server: accepts connections, runs the memory alarm, knows
-//! every channel consuming from direct reply-to.
+//! The server: what every connection shares (configuration, the memory
+//! alarm, the channels consuming from direct reply-to, the shutdown signal),
+//! the [`ConnectionHandler`] that serves one connection over any byte stream,
+//! and the TCP [`Server`] that accepts connections and hands them to it.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +15,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -25,6 +29,8 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     /// `true` once the server shuts down.
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Sets `shutdown`.
+    stop: watch::Sender<bool>,
     /// `true` while the memory alarm is on.
     pub(crate) alarm: watch::Sender<bool>,
     /// Channels consuming from `amq.rabbitmq.reply-to`, by token.
@@ -116,78 +122,21 @@ impl Drop for FlowGuard<'_> {
     }
 }
 
-/// An AMQP 0-9-1 server serving warren brokers, running on the current tokio
-/// runtime.
-///
-/// [`Server::bind`] starts it; it accepts connections until
-/// [`Server::shutdown`] is called or the `Server` is dropped. The brokers in
-/// its [`ServerConfig`] are ordinary [`Broker`](warren_core::Broker)
-/// handles: the same process can publish and consume in-process while
-/// network clients do the same over AMQP.
-///
-/// # Examples
-///
-/// ```no_run
-/// use warren_core::Broker;
-/// use warren_wire::{Server, ServerConfig};
-///
-/// # async fn run() -> std::io::Result<()> {
-/// let broker = Broker::new();
-/// let server = Server::bind("127.0.0.1:5672", ServerConfig::with_broker(broker.clone())).await?;
-/// println!("amqp://guest:guest@{}/%2F", server.local_addr());
-/// // ... clients connect; `broker` is usable in-process at the same time ...
-/// server.shutdown().await;
-/// # Ok(())
-/// # }
-/// ```
-pub struct Server {
-    local_addr: SocketAddr,
-    shared: Arc<Shared>,
-    shutdown: watch::Sender<bool>,
-    connections: watch::Receiver<usize>,
-    accept: Option<JoinHandle<()>>,
-}
-
-impl fmt::Debug for Server {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Server")
-            .field("local_addr", &self.local_addr)
-            .field("vhosts", &self.shared.config.vhost_names())
-            .field("connections", &*self.connections.borrow())
-            .finish()
-    }
-}
-
-impl Server {
-    /// Listens on `addr` and starts serving `config` on the current tokio
-    /// runtime. Use port 0 for an ephemeral port and read it back with
-    /// [`local_addr`](Self::local_addr).
-    ///
-    /// # Errors
-    ///
-    /// The I/O error of binding the listener.
-    ///
-    /// # Panics
-    ///
-    /// Outside a tokio runtime.
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: nothing runs until it completes.
-    pub async fn bind(addr: impl ToSocketAddrs, config: ServerConfig) -> io::Result<Server> {
-        let listener = TcpListener::bind(addr).await?;
-        let local_addr = listener.local_addr()?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let (connections, connections_rx) = watch::channel(0usize);
+impl Shared {
+    /// Everything a server's connections share, and the memory alarm's task
+    /// if `config` has a watermark.
+    fn start(config: ServerConfig) -> Arc<Shared> {
+        let (stop, shutdown) = watch::channel(false);
         let memory = config.memory.clone();
         let shared = Arc::new(Shared {
             config,
-            shutdown: shutdown_rx.clone(),
+            shutdown,
+            stop,
             alarm: watch::channel(false).0,
             reply_to: Mutex::new(HashMap::new()),
             published_bytes: AtomicU64::new(0),
             published_messages: AtomicU64::new(0),
-            connections,
+            connections: watch::channel(0usize).0,
             flow: watch::channel(0).0,
             ids: AtomicU64::new(1),
             random: RandomState::new(),
@@ -196,32 +145,142 @@ impl Server {
             tokio::spawn(memory_monitor(
                 Arc::downgrade(&shared),
                 wm,
-                shutdown_rx.clone(),
+                shared.shutdown.clone(),
             ));
         }
-        let accept = tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx));
-        Ok(Server {
-            local_addr,
-            shared,
-            shutdown,
-            connections: connections_rx,
-            accept: Some(accept),
-        })
+        shared
+    }
+}
+
+/// Serves AMQP 0-9-1 connections over any byte stream: a Unix socket, a TLS
+/// stream, an in-memory [`tokio::io::duplex`] pair, or a TCP connection
+/// accepted by the embedder.
+///
+/// It is what a [`Server`] hands each accepted TCP connection to. Build one
+/// from a [`ServerConfig`] with [`ConnectionHandler::new`] when the
+/// connections come from elsewhere, or take a TCP server's with
+/// [`Server::handler`] to serve other streams next to its TCP clients (they
+/// then share its brokers, direct reply-to, memory alarm and shutdown).
+///
+/// A cheap `Clone` handle: every clone serves for the same server.
+///
+/// # Examples
+///
+/// A client over an in-memory pipe:
+///
+/// ```
+/// use warren_core::Broker;
+/// use warren_wire::{ConnectionHandler, ServerConfig};
+/// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let handler = ConnectionHandler::new(ServerConfig::with_broker(Broker::new()));
+/// let (mut client, server_side) = tokio::io::duplex(64 * 1024);
+/// // The peer address decides whether loopback-only users (`guest`) may log in.
+/// let peer = "127.0.0.1:0".parse().unwrap();
+/// let connection = tokio::spawn(handler.serve(server_side, peer));
+///
+/// client.write_all(b"AMQP\x00\x00\x09\x01").await.unwrap();
+/// let mut frame_type = [0u8; 1];
+/// client.read_exact(&mut frame_type).await.unwrap();
+/// assert_eq!(frame_type[0], 1); // a method frame: connection.start
+///
+/// drop(client); // the client goes away: the connection ends
+/// connection.await.unwrap();
+/// assert_eq!(handler.connection_count(), 0);
+/// # }
+/// ```
+///
+/// A Unix socket (any `AsyncRead + AsyncWrite` stream is served the same way):
+///
+/// ```no_run
+/// # #[cfg(unix)]
+/// # async fn run() -> std::io::Result<()> {
+/// use warren_core::Broker;
+/// use warren_wire::{ConnectionHandler, ServerConfig};
+///
+/// let handler = ConnectionHandler::new(ServerConfig::with_broker(Broker::new()));
+/// let listener = tokio::net::UnixListener::bind("/run/warren.sock")?;
+/// let local = "127.0.0.1:0".parse().unwrap();
+/// loop {
+///     let (stream, _) = listener.accept().await?;
+///     tokio::spawn(handler.serve(stream, local));
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ConnectionHandler {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ConnectionHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionHandler")
+            .field("vhosts", &self.shared.config.vhost_names())
+            .field("connections", &*self.shared.connections.borrow())
+            .finish()
+    }
+}
+
+impl ConnectionHandler {
+    /// A handler serving `config`, with no listener of its own.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime when `config` has a
+    /// [memory watermark](ServerConfig::with_memory_watermark) (its monitor
+    /// is a task).
+    pub fn new(config: ServerConfig) -> ConnectionHandler {
+        ConnectionHandler {
+            shared: Shared::start(config),
+        }
     }
 
-    /// The address the server listens on.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    /// Serves one client connection over `stream` until either side closes
+    /// it: the protocol header, the handshake, then channels, exactly as for
+    /// a TCP client.
+    ///
+    /// The returned future does the work: spawn it (`tokio::spawn`) or await
+    /// it. It holds no borrow of the handler. The connection counts in
+    /// [`connection_count`](Self::connection_count) from the future's first
+    /// poll until it completes.
+    ///
+    /// `peer_addr` is the client's address. It is used only to apply
+    /// [`User::loopback_only`](crate::User::loopback_only) (RabbitMQ's rule
+    /// for `guest`): pass a loopback address for a local transport such as
+    /// a Unix socket or an in-memory pipe to let such users in, any other
+    /// address to keep them out.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the connection without a `connection.close`,
+    /// as if the client had vanished: its unacknowledged messages go back to
+    /// their queues and its exclusive queues are deleted.
+    pub fn serve<S>(
+        &self,
+        stream: S,
+        peer_addr: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        async move {
+            shared.connection_opened();
+            let (rd, wr) = tokio::io::split(stream);
+            connection::serve(rd, wr, peer_addr, shared).await;
+        }
     }
 
-    /// What the server serves.
+    /// What the handler serves.
     pub fn config(&self) -> &ServerConfig {
         &self.shared.config
     }
 
     /// How many client connections are open.
     pub fn connection_count(&self) -> usize {
-        *self.connections.borrow()
+        *self.shared.connections.borrow()
     }
 
     /// Waits until exactly `n` client connections are open (for example 0
@@ -232,15 +291,15 @@ impl Server {
     ///
     /// Cancel safe.
     pub async fn wait_for_connection_count(&self, n: usize) {
-        let mut rx = self.connections.clone();
+        let mut rx = self.shared.connections.subscribe();
         let _ = rx.wait_for(|c| *c == n).await;
     }
 
-    /// How many connections the server is not reading from right now
+    /// How many connections the handler is not reading from right now
     /// because their client does not read the replies it asked for
     /// (RabbitMQ shows such connections in state `flow`): the client meets
-    /// TCP back-pressure instead of the server queueing replies for it
-    /// without bound.
+    /// back-pressure instead of the server queueing replies for it without
+    /// bound.
     pub fn flow_connection_count(&self) -> usize {
         *self.shared.flow.borrow()
     }
@@ -271,6 +330,162 @@ impl Server {
         let _ = rx.wait_for(|a| *a == on).await;
     }
 
+    /// Closes every connection with 320 CONNECTION_FORCED (their
+    /// unacknowledged messages go back to their queues) and waits, up to
+    /// ten seconds, for them to end. Connections served afterwards are
+    /// closed the same way as soon as they start. Shuts down the [`Server`]
+    /// this handler came from too, if any (it stops accepting).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancelling it leaves the shutdown in progress in the background.
+    pub async fn shutdown(&self) {
+        self.shared.stop.send_replace(true);
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.wait_for_connection_count(0)).await;
+    }
+}
+
+/// An AMQP 0-9-1 server serving warren brokers, running on the current tokio
+/// runtime.
+///
+/// [`Server::bind`] starts it; it accepts connections until
+/// [`Server::shutdown`] is called or the `Server` is dropped. The brokers in
+/// its [`ServerConfig`] are ordinary [`Broker`](warren_core::Broker)
+/// handles: the same process can publish and consume in-process while
+/// network clients do the same over AMQP. To serve connections that do not
+/// come from its TCP listener, see [`ConnectionHandler`].
+///
+/// # Examples
+///
+/// ```no_run
+/// use warren_core::Broker;
+/// use warren_wire::{Server, ServerConfig};
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let broker = Broker::new();
+/// let server = Server::bind("127.0.0.1:5672", ServerConfig::with_broker(broker.clone())).await?;
+/// println!("amqp://guest:guest@{}/%2F", server.local_addr());
+/// // ... clients connect; `broker` is usable in-process at the same time ...
+/// server.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Server {
+    local_addr: SocketAddr,
+    handler: ConnectionHandler,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.local_addr)
+            .field("vhosts", &self.handler.shared.config.vhost_names())
+            .field("connections", &self.connection_count())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Listens on `addr` and starts serving `config` on the current tokio
+    /// runtime. Use port 0 for an ephemeral port and read it back with
+    /// [`local_addr`](Self::local_addr).
+    ///
+    /// # Errors
+    ///
+    /// The I/O error of binding the listener.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing runs until it completes.
+    pub async fn bind(addr: impl ToSocketAddrs, config: ServerConfig) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        let shared = Shared::start(config);
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            shared.clone(),
+            shared.shutdown.clone(),
+        ));
+        Ok(Server {
+            local_addr,
+            handler: ConnectionHandler { shared },
+            accept: Some(accept),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The handler the server gives its TCP connections to: serve other
+    /// streams with it ([`ConnectionHandler::serve`]) and they share this
+    /// server's brokers, direct reply-to, memory alarm, connection count
+    /// and shutdown.
+    pub fn handler(&self) -> &ConnectionHandler {
+        &self.handler
+    }
+
+    /// What the server serves.
+    pub fn config(&self) -> &ServerConfig {
+        self.handler.config()
+    }
+
+    /// How many client connections are open (those served through
+    /// [`handler`](Self::handler) included).
+    pub fn connection_count(&self) -> usize {
+        self.handler.connection_count()
+    }
+
+    /// Waits until exactly `n` client connections are open (for example 0
+    /// after clients went away, once the server has requeued their
+    /// messages and deleted their exclusive queues).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn wait_for_connection_count(&self, n: usize) {
+        self.handler.wait_for_connection_count(n).await;
+    }
+
+    /// How many connections the server is not reading from right now
+    /// because their client does not read the replies it asked for
+    /// (RabbitMQ shows such connections in state `flow`): the client meets
+    /// TCP back-pressure instead of the server queueing replies for it
+    /// without bound.
+    pub fn flow_connection_count(&self) -> usize {
+        self.handler.flow_connection_count()
+    }
+
+    /// Waits until exactly `n` connections are in flow control (see
+    /// [`flow_connection_count`](Self::flow_connection_count)).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn wait_for_flow_connection_count(&self, n: usize) {
+        self.handler.wait_for_flow_connection_count(n).await;
+    }
+
+    /// Whether the memory alarm is on (publishers are blocked).
+    pub fn memory_alarm(&self) -> bool {
+        self.handler.memory_alarm()
+    }
+
+    /// Waits until the memory alarm is `on` (or off).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn wait_for_memory_alarm(&self, on: bool) {
+        self.handler.wait_for_memory_alarm(on).await;
+    }
+
     /// Stops accepting, closes every connection with 320 CONNECTION_FORCED
     /// (their unacknowledged messages go back to their queues), and waits
     /// for the connections to finish.
@@ -279,10 +494,12 @@ impl Server {
     ///
     /// Cancelling it leaves the shutdown in progress in the background.
     pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+        self.handler.shared.stop.send_replace(true);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
         }
+        // Connections served through the handler are not the accept loop's.
+        self.handler.shutdown().await;
     }
 }
 
@@ -290,7 +507,7 @@ impl Drop for Server {
     /// Dropping the server shuts it down in the background, as
     /// [`shutdown`](Self::shutdown) does without waiting.
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        self.handler.shared.stop.send_replace(true);
     }
 }
 
@@ -305,7 +522,9 @@ async fn accept_loop(
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     shared.connection_opened();
-                    tasks.spawn(connection::serve(stream, peer, shared.clone()));
+                    let _ = stream.set_nodelay(true);
+                    let (rd, wr) = stream.into_split();
+                    tasks.spawn(connection::serve(rd, wr, peer, shared.clone()));
                 }
                 // Out of file descriptors and the like: pause instead of spinning.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,

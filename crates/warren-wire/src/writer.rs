@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use amq_protocol::protocol::{AMQPClass, BasicProperties as WireProperties};
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::codec;
@@ -148,7 +147,10 @@ impl OutTx {
 }
 
 /// Starts the writer task for `socket`.
-pub(crate) fn spawn(socket: OwnedWriteHalf) -> (OutTx, tokio::task::JoinHandle<()>) {
+pub(crate) fn spawn<W>(socket: W) -> (OutTx, tokio::task::JoinHandle<()>)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (tx, rx) = mpsc::unbounded_channel();
     let budget = Arc::new(Semaphore::new(BUDGET));
     let backlog = Arc::new(Backlog {
@@ -215,8 +217,8 @@ impl State {
     }
 }
 
-async fn run(
-    mut socket: OwnedWriteHalf,
+async fn run<W: AsyncWrite + Unpin>(
+    mut socket: W,
     mut rx: mpsc::UnboundedReceiver<Out>,
     budget: Arc<Semaphore>,
     backlog: Arc<Backlog>,
@@ -283,7 +285,7 @@ async fn run(
 }
 
 /// Writes `buf`, in pieces that must each go out within [`STALL_TIMEOUT`].
-async fn write(socket: &mut OwnedWriteHalf, buf: &[u8]) -> std::io::Result<()> {
+async fn write<W: AsyncWrite + Unpin>(socket: &mut W, buf: &[u8]) -> std::io::Result<()> {
     for piece in buf.chunks(BATCH) {
         match tokio::time::timeout(STALL_TIMEOUT, socket.write_all(piece)).await {
             Ok(r) => r?,

@@ -11,7 +11,7 @@ use amq_protocol::protocol::{channel, connection, AMQPClass};
 use amq_protocol::types::{FieldTable, LongString};
 use bytes::BytesMut;
 use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warren_core::Broker;
 use warren_wire::{Server, ServerConfig};
@@ -118,9 +118,9 @@ pub struct Closed {
     pub method_id: u16,
 }
 
-/// A hand-driven AMQP client.
-pub struct Raw {
-    pub s: TcpStream,
+/// A hand-driven AMQP client, over TCP or any other stream.
+pub struct Raw<S = TcpStream> {
+    pub s: S,
     buf: BytesMut,
 }
 
@@ -128,6 +128,21 @@ impl Raw {
     pub async fn connect(addr: SocketAddr) -> Raw {
         let s = within(TcpStream::connect(addr)).await.expect("tcp connect");
         s.set_nodelay(true).expect("nodelay");
+        Raw::over(s)
+    }
+
+    /// Handshake and channel 1.
+    pub async fn ready(addr: SocketAddr) -> Raw {
+        let mut r = Raw::connect(addr).await;
+        r.handshake().await;
+        r.open_channel(1).await;
+        r
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
+    /// A client over `s` (a `tokio::io::duplex` end, for example).
+    pub fn over(s: S) -> Raw<S> {
         Raw {
             s,
             buf: BytesMut::new(),
@@ -282,13 +297,5 @@ impl Raw {
             Some((c, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))) if c == ch => {}
             other => panic!("expected channel.open-ok, got {other:?}"),
         }
-    }
-
-    /// Handshake and channel 1.
-    pub async fn ready(addr: SocketAddr) -> Raw {
-        let mut r = Raw::connect(addr).await;
-        r.handshake().await;
-        r.open_channel(1).await;
-        r
     }
 }
