@@ -14,6 +14,15 @@
 //! publishers to the same exchange wait at most that long. No lock is held
 //! across exchanges, queues or user code.
 //!
+//! A thread that publishes again to the same exchange with the same routing
+//! key skips even those read locks: it keeps its last few routes in a
+//! thread-local cache (`RouteCache`), valid while the broker's topology
+//! counter has not moved. Every declare, delete, bind and unbind bumps the
+//! counter once its change is made, and a publisher reads the counter before
+//! it routes, so a cached route is always one the publish could have computed
+//! itself at that moment. Routes that depend on the message (a headers
+//! exchange on the way, `CC`/`BCC` keys) are not cached.
+//!
 //! Then each destination queue's own mutex is taken in turn to enqueue. The
 //! global lock order is: exchange map / queue map, then an exchange's
 //! bindings, then a queue, then a consumer's inbox. Work that would need a
