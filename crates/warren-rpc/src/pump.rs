@@ -14,11 +14,12 @@
 //!   their own.
 
 use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::sync::{oneshot, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{RpcError, TransportError};
 use crate::transport::Listener;
@@ -147,6 +148,12 @@ async fn run<T, H, Fh>(
     H: Fn(T) -> Fh,
     Fh: Future<Output = ()> + Send + 'static,
 {
+    // The box a handler runs in on its first poll. Most handlers finish
+    // there (their first step runs inline), and then the next message reuses
+    // it: a handler's future can be kilobytes, and allocating one per message
+    // showed in the in-process call's profile. A handler that has to wait
+    // keeps the box and goes off as a task of its own.
+    let mut slot = None;
     loop {
         let permit = tokio::select! {
             biased;
@@ -163,14 +170,19 @@ async fn run<T, H, Fh>(
         };
         match incoming {
             Ok(message) => {
-                let work = handle(message);
-                let mut task = Box::pin(async move {
-                    work.await;
-                    drop(permit);
-                });
+                let work = run_one(handle(message), permit);
+                let task = match &mut slot {
+                    Some(task) => {
+                        Pin::set(&mut Pin::as_mut(task), work);
+                        task
+                    }
+                    None => slot.insert(Box::pin(work)),
+                };
                 let done = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_ready())).await;
                 if !done {
-                    tokio::spawn(task);
+                    if let Some(task) = slot.take() {
+                        tokio::spawn(task);
+                    }
                 }
             }
             Err(e) => {
@@ -182,6 +194,12 @@ async fn run<T, H, Fh>(
     // Let go of the queues before `stop` returns: what the listener held
     // but had not handed out goes back.
     listener.close().await;
+}
+
+/// One handler run, holding its in-flight slot until it is done.
+async fn run_one<F: Future<Output = ()>>(work: F, permit: OwnedSemaphorePermit) {
+    work.await;
+    drop(permit);
 }
 
 #[cfg(test)]
