@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::error::{RemoteError, RpcError, TransportError, DISPATCHER_MODULE};
@@ -363,7 +364,9 @@ struct Counters {
     panics: AtomicU64,
     no_such_method: AtomicU64,
     unsupported_version: AtomicU64,
-    heartbeats: AtomicU64,
+    /// A watched count, so that [`RpcServer::wait_for_heartbeats`] waits on
+    /// the event itself (heartbeats are seconds apart: no hot path).
+    heartbeats: watch::Sender<u64>,
 }
 
 fn bump(c: &AtomicU64) {
@@ -563,8 +566,19 @@ impl RpcServer {
             panics: g(&c.panics),
             no_such_method: g(&c.no_such_method),
             unsupported_version: g(&c.unsupported_version),
-            heartbeats: g(&c.heartbeats),
+            heartbeats: *c.heartbeats.borrow(),
         }
+    }
+
+    /// Waits until the server has sent at least `n` call-monitor heartbeats
+    /// in all (see [`ServerStats::heartbeats`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe.
+    pub async fn wait_for_heartbeats(&self, n: u64) {
+        let mut rx = self.inner.counters.heartbeats.subscribe();
+        let _ = rx.wait_for(|sent| *sent >= n).await;
     }
 }
 
@@ -633,7 +647,7 @@ async fn with_heartbeats<F: Future>(
     let mut sending: Option<BoxFuture<'static, Result<(), TransportError>>> = None;
     let mut beating = true;
     let sent = |r: Result<(), TransportError>, beating: &mut bool| match r {
-        Ok(()) => bump(&inner.counters.heartbeats),
+        Ok(()) => inner.counters.heartbeats.send_modify(|sent| *sent += 1),
         Err(e) => {
             log_debug!("heartbeats to a caller on {} stop: {}", inner.target, e);
             *beating = false;

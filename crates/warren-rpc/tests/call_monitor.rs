@@ -153,13 +153,7 @@ each_transport! {
             .with_timeout(common::PATIENCE)
             .with_call_monitor_timeout(Duration::from_secs(1));
         let call = tokio::spawn(async move { client.call::<_, String>(&Context::new(), "wait", &()).await });
-        within(async {
-            while s.stats().heartbeats < 3 {
-                // Polling the server's counter, an event with no signal.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
+        within(s.wait_for_heartbeats(3)).await;
         gate.add_permits(1);
         assert_eq!(within(call).await.unwrap().unwrap(), "done");
         assert!(client_t.stats().heartbeats_received >= 3);

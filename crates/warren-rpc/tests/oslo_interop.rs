@@ -628,13 +628,7 @@ async fn a_python_client_with_a_call_monitor_timeout_calls_a_slow_rust_handler()
          "call_monitor_timeout": 2, "timeout": 30},
     ]));
     let release = async {
-        py_within("three heartbeats", async {
-            while s.stats().heartbeats < 3 {
-                // Polling the server's counter, an event with no signal.
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
+        py_within("three heartbeats", s.wait_for_heartbeats(3)).await;
         gate.add_permits(1);
     };
     let (results, ()) = tokio::join!(python, release);
