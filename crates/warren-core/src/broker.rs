@@ -903,7 +903,7 @@ impl Broker {
 
     /// A snapshot of every queue's and exchange's counters.
     pub fn stats(&self) -> BrokerStats {
-        let live: Vec<Arc<Queue>> = self.inner.queues.read().values().cloned().collect();
+        let live = self.inner.live_queues();
         let mut queues: Vec<QueueStats> = live.iter().map(|q| settled_queue_stats(q)).collect();
         queues.sort_by(|a, b| a.name.cmp(&b.name));
         let mut exchanges: Vec<ExchangeStats> = self
@@ -940,7 +940,7 @@ impl Broker {
     /// counts as unacked until it is answered (or dropped), then as acked,
     /// discarded or deleted.
     pub fn totals(&self) -> QueueStats {
-        let live: Vec<Arc<Queue>> = self.inner.queues.read().values().cloned().collect();
+        let live = self.inner.live_queues();
         let mut t = self.inner.gone.lock().totals();
         for q in &live {
             add_stats(&mut t, &settled_queue_stats(q));
@@ -1239,6 +1239,12 @@ impl BrokerInner {
             }
         }
         self.topology_changed();
+    }
+
+    /// The queues now declared. Stats read them after the map's lock is
+    /// released: settling a queue may publish dead letters, which take it.
+    fn live_queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
     }
 
     /// Invalidates every thread's cached routes into this broker; call after

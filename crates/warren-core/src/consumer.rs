@@ -735,9 +735,9 @@ impl Delivery {
         self.pending = false;
         // Only an ack needs to see to the dispatch its credit makes possible:
         // a requeue or a discard runs one anyway, after the copy is back.
-        let at_limit = match &self.origin {
-            Origin::Consumer(c) => c.return_credit(),
-            Origin::Get(_) => false,
+        let owes = match &self.origin {
+            Origin::Consumer(c) if c.return_credit() => Some(c),
+            _ => None,
         };
         let q = self.q();
         if matches!(answer, Answer::Ack) {
@@ -746,7 +746,7 @@ impl Delivery {
         q.answers.settle(1);
         match answer {
             Answer::Ack => {
-                if let (true, Origin::Consumer(c)) = (at_limit, &self.origin) {
+                if let Some(c) = owes {
                     c.owe_dispatch();
                 }
             }

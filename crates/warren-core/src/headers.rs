@@ -1069,18 +1069,18 @@ mod tests {
     use super::*;
     use AMQPValue as V;
 
-    fn table(entries: Vec<(&str, AMQPValue)>) -> FieldTable {
+    pub(super) fn table(entries: Vec<(&str, AMQPValue)>) -> FieldTable {
         entries.into_iter().collect()
     }
 
-    fn binding(entries: Vec<(&str, AMQPValue)>) -> HeadersBinding {
+    pub(super) fn binding(entries: Vec<(&str, AMQPValue)>) -> HeadersBinding {
         match HeadersBinding::compile(&table(entries)) {
             Ok(b) => b,
             Err(e) => panic!("binding refused: {e}"),
         }
     }
 
-    fn s(text: &str) -> AMQPValue {
+    pub(super) fn s(text: &str) -> AMQPValue {
         V::from(text)
     }
 
@@ -1664,20 +1664,8 @@ mod index_tests {
     use super::*;
     use AMQPValue as V;
 
-    fn table(entries: Vec<(&str, AMQPValue)>) -> FieldTable {
-        entries.into_iter().collect()
-    }
-
-    fn binding(entries: Vec<(&str, AMQPValue)>) -> HeadersBinding {
-        match HeadersBinding::compile(&table(entries)) {
-            Ok(b) => b,
-            Err(e) => panic!("binding refused: {e}"),
-        }
-    }
-
-    fn s(text: &str) -> AMQPValue {
-        V::from(text)
-    }
+    // The case helpers of the semantics tests.
+    use super::tests::{binding, s, table};
 
     fn short(text: &str) -> AMQPValue {
         V::ShortString(text.into())
