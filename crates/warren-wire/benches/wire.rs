@@ -1,25 +1,35 @@
 //! warren-wire against RabbitMQ on loopback, with the same client (lapin);
 //! every message body is 16 bytes:
 //!
-//! - `confirms`: 1000 publishes in flight on one channel under publisher
-//!   confirms, until every ack is in;
+//! - `confirms`: 1000 publishes on one channel under publisher confirms,
+//!   each written before the next is sent, then every confirm awaited;
+//! - `confirms_pipelined`: the same with up to 256 publishes in flight in
+//!   the client (see below);
 //! - `confirms_4conn`: the same 1000 confirmed publishes split over 4
 //!   client connections publishing in parallel;
 //! - `auto_ack`: 1000 publishes, received by a no-ack consumer on another
 //!   connection;
+//! - `auto_ack_pipelined`: the same with up to 256 publishes in flight;
 //! - `auto_ack_4conn`: the same 1000 split over 4 pairs running in
 //!   parallel, each a publisher connection, its own queue and its own no-ack
 //!   consumer connection;
+//! - `auto_ack_4conn_pipelined`: `auto_ack_4conn` with up to 256 publishes
+//!   in flight on each publisher connection;
 //! - `manual_ack`: 2000 publishes received by a consumer with basic.qos
 //!   prefetch 1000 that acks each delivery (2000 basic.ack);
+//! - `manual_ack_pipelined`: the same with up to 256 publishes and 256 acks
+//!   in flight;
 //! - `manual_ack_multi100`: the same, acking with `multiple` every 100th
 //!   delivery (20 basic.ack);
 //! - `manual_ack_4conn`: `manual_ack` split over 4 pairs as in
 //!   `auto_ack_4conn`, still acking each delivery;
+//! - `manual_ack_4conn_pipelined`: `manual_ack_4conn` with up to 256
+//!   publishes and 256 acks in flight on each pair;
 //! - `topic_1000`: 1000 publishes to a topic exchange with 1000 wildcard
 //!   bindings (seeded random 3–5 word patterns over a 50-word vocabulary,
 //!   ~10% `*`, ~5% `#`) onto 10 queues, consumed (no-ack) from all 10; each
 //!   key instantiates a random binding, so every message is routed somewhere;
+//! - `topic_1000_pipelined`: the same with up to 256 publishes in flight;
 //! - `roundtrip`: 100 sequential publish → deliver round trips (one way
 //!   through a queue to a no-ack consumer on another connection; not yet an
 //!   RPC with `reply_to` / `correlation_id`, and a total, not a p50);
@@ -29,6 +39,14 @@
 //!   `correlation_id`, answered by a server on another connection to its
 //!   `reply_to` with the same `correlation_id`. Its "time" is 100 × the run's
 //!   median round trip, so its ratio is the ratio of p50s.
+//!
+//! "In flight": lapin resolves `basic_publish` (and `ack`) only once its I/O
+//! thread has written the frames, so a loop that awaits each publish before
+//! the next makes one round trip to that thread per message and leaves the
+//! socket idle in between; the plain cases measure that producer. The
+//! `_pipelined` cases keep up to 256 publishes (acks) pending, as a producer
+//! written for throughput does, so lapin writes them in batches and the
+//! broker, not the client's hand-offs, sets the pace.
 //!
 //! The baseline is RabbitMQ, measured in the same run, rounds interleaved;
 //! the report states warren's time as a ratio of RabbitMQ's. Set
@@ -55,6 +73,9 @@
 //! WARREN_RABBITMQ_ADDR=127.0.0.1:5673 WARREN_RABBITMQ_PID=$(pgrep beam.smp) \
 //!     cargo bench -p warren-wire --bench wire
 //! ```
+//!
+//! `WARREN_WIRE_CASES=rpc_p50,topic_1000` limits the interleaved report to
+//! those cases (criterion's own filter is the usual trailing argument).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -77,6 +98,8 @@ const PREFETCH: u16 = 1000;
 const PAR_CONNS: usize = 4;
 /// `manual_ack_multi100` acks with `multiple` every this many deliveries.
 const ACK_EVERY: usize = 100;
+/// Publishes (and acks) in flight at once in the `_pipelined` cases.
+const PIPELINE: usize = 256;
 const TOPIC_BINDINGS: usize = 1000;
 const TOPIC_QUEUES: usize = 10;
 const TOPIC_VOCAB: usize = 50;
@@ -309,13 +332,88 @@ async fn publish_to(
     .expect("publish")
 }
 
-/// `BATCH` publishes in flight under confirms.
-async fn confirms(t: &Target, ch: &Channel) -> Duration {
-    let start = Instant::now();
-    let mut pending = Vec::with_capacity(BATCH);
-    for _ in 0..BATCH {
-        pending.push(publish(ch, &t.queue).await);
+/// Publishes one message per key with up to `window` publishes in flight.
+///
+/// lapin resolves a `basic_publish` once its I/O thread has written the
+/// frames, so a producer that awaits each publish before the next pays a
+/// round trip to that thread per message and leaves the socket idle in
+/// between. A producer written for throughput keeps several in flight, and
+/// lapin then writes them in batches. `window` 1 is the one-at-a-time
+/// producer.
+async fn publish_window<'k>(
+    ch: &Channel,
+    exchange: &str,
+    keys: impl Iterator<Item = &'k str>,
+    window: usize,
+) -> Vec<lapin::PublisherConfirm> {
+    let mut in_flight = futures_util::stream::FuturesOrdered::new();
+    let mut confirms = Vec::new();
+    for key in keys {
+        in_flight.push_back(publish_to(ch, exchange, key, &BODY));
+        if in_flight.len() >= window {
+            confirms.extend(futures_util::StreamExt::next(&mut in_flight).await);
+        }
     }
+    while let Some(confirm) = futures_util::StreamExt::next(&mut in_flight).await {
+        confirms.push(confirm);
+    }
+    confirms
+}
+
+/// `n` publishes of the 16-byte body to `queue` through the default
+/// exchange, `window` in flight.
+async fn publish_n(
+    ch: &Channel,
+    queue: &str,
+    n: usize,
+    window: usize,
+) -> Vec<lapin::PublisherConfirm> {
+    publish_window(ch, "", std::iter::repeat_n(queue, n), window).await
+}
+
+/// Acks deliveries with up to `window` acks in flight (lapin resolves an ack
+/// when it is written, as it does a publish).
+struct Acks {
+    window: usize,
+    in_flight: futures_util::stream::FuturesUnordered<
+        std::pin::Pin<Box<dyn std::future::Future<Output = lapin::Result<()>> + Send>>,
+    >,
+}
+
+impl Acks {
+    fn new(window: usize) -> Acks {
+        Acks {
+            window,
+            in_flight: Default::default(),
+        }
+    }
+
+    async fn ack(&mut self, d: lapin::message::Delivery, multiple: bool) {
+        self.in_flight.push(Box::pin(async move {
+            d.ack(BasicAckOptions { multiple }).await.map(|_| ())
+        }));
+        while self.in_flight.len() >= self.window {
+            self.next().await;
+        }
+    }
+
+    async fn next(&mut self) {
+        if let Some(r) = futures_util::StreamExt::next(&mut self.in_flight).await {
+            r.expect("ack");
+        }
+    }
+
+    async fn drain(mut self) {
+        while !self.in_flight.is_empty() {
+            self.next().await;
+        }
+    }
+}
+
+/// `BATCH` publishes under confirms, `window` in flight, then every confirm.
+async fn confirms(t: &Target, ch: &Channel, window: usize) -> Duration {
+    let start = Instant::now();
+    let pending = publish_n(ch, &t.queue, BATCH, window).await;
     for p in pending {
         p.await.expect("confirm");
     }
@@ -360,7 +458,7 @@ async fn confirms_par(t: &Target) -> Duration {
 /// `MANUAL` publishes received by a prefetch-limited consumer on another
 /// connection that acks every `ack_every`-th delivery (with `multiple` when
 /// `ack_every > 1`, so every delivery is acked).
-async fn manual_ack(t: &Target, ack_every: usize) -> Duration {
+async fn manual_ack(t: &Target, ack_every: usize, window: usize) -> Duration {
     let cch = t.consumer_conn.create_channel().await.expect("channel");
     cch.basic_qos(PREFETCH, BasicQosOptions::default())
         .await
@@ -375,19 +473,15 @@ async fn manual_ack(t: &Target, ack_every: usize) -> Duration {
         .await
         .expect("consume");
     let start = Instant::now();
-    for _ in 0..MANUAL {
-        publish(&t.publisher, &t.queue).await;
-    }
+    publish_n(&t.publisher, &t.queue, MANUAL, window).await;
+    let mut acks = Acks::new(window);
     for i in 1..=MANUAL {
         let d = consumer.next().await.expect("delivery").expect("delivery");
         if i % ack_every == 0 {
-            d.ack(BasicAckOptions {
-                multiple: ack_every > 1,
-            })
-            .await
-            .expect("ack");
+            acks.ack(d, ack_every > 1).await;
         }
     }
+    acks.drain().await;
     let d = start.elapsed();
     cch.close(200, "done".into()).await.expect("close");
     d
@@ -407,7 +501,7 @@ enum Pair {
 
 /// `n` messages split over `PAR_CONNS` publisher connections, each with its
 /// own queue and consumer connection, all pairs running in parallel.
-async fn pairs(t: &Target, mode: Pair, n: usize) -> Duration {
+async fn pairs(t: &Target, mode: Pair, n: usize, window: usize) -> Duration {
     let manual = matches!(mode, Pair::ManualAck);
     let mut consumers = Vec::with_capacity(PAR_CONNS);
     for (conn, queue) in t.par_consumer_conns.iter().zip(&t.par_queues) {
@@ -445,15 +539,15 @@ async fn pairs(t: &Target, mode: Pair, n: usize) -> Duration {
                         consumer.next().await.expect("delivery").expect("delivery");
                     }
                 } else {
-                    for _ in 0..n {
-                        publish(&pch, &queue).await;
-                    }
+                    publish_n(&pch, &queue, n, window).await;
+                    let mut acks = Acks::new(window);
                     for _ in 0..n {
                         let d = consumer.next().await.expect("delivery").expect("delivery");
                         if manual {
-                            d.ack(BasicAckOptions::default()).await.expect("ack");
+                            acks.ack(d, false).await;
                         }
                     }
+                    acks.drain().await;
                 }
                 cch
             })
@@ -472,7 +566,7 @@ async fn pairs(t: &Target, mode: Pair, n: usize) -> Duration {
 
 /// `BATCH` publishes with random keys to the 1000-binding topic exchange,
 /// consumed (no-ack) from its 10 queues.
-async fn topic(t: &Target) -> Duration {
+async fn topic(t: &Target, window: usize) -> Duration {
     let cch = t.consumer_conn.create_channel().await.expect("channel");
     let mut merged: Option<futures_lite::stream::Boxed<lapin::Result<lapin::message::Delivery>>> =
         None;
@@ -496,9 +590,13 @@ async fn topic(t: &Target) -> Duration {
     }
     let mut merged = merged.expect("queues");
     let start = Instant::now();
-    for key in &t.topic_keys {
-        publish_to(&t.publisher, &t.topic_exchange, key, &BODY).await;
-    }
+    publish_window(
+        &t.publisher,
+        &t.topic_exchange,
+        t.topic_keys.iter().map(String::as_str),
+        window,
+    )
+    .await;
     let mut got = 0;
     let drained = tokio::time::timeout(Duration::from_secs(30), async {
         while got < t.topic_deliveries {
@@ -519,7 +617,7 @@ async fn topic(t: &Target) -> Duration {
 }
 
 /// `BATCH` publishes received by a no-ack consumer on another connection.
-async fn auto_ack(t: &Target) -> Duration {
+async fn auto_ack(t: &Target, window: usize) -> Duration {
     let cch = t.consumer_conn.create_channel().await.expect("channel");
     let mut consumer = cch
         .basic_consume(
@@ -534,9 +632,7 @@ async fn auto_ack(t: &Target) -> Duration {
         .await
         .expect("consume");
     let start = Instant::now();
-    for _ in 0..BATCH {
-        publish(&t.publisher, &t.queue).await;
-    }
+    publish_n(&t.publisher, &t.queue, BATCH, window).await;
     for _ in 0..BATCH {
         consumer.next().await.expect("delivery").expect("delivery");
     }
@@ -659,24 +755,42 @@ type Workload = for<'a> fn(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + 'a>>;
 
 /// (name, messages per run, workload), in report order.
-const WORKLOADS: [(&str, usize, Workload); 11] = [
-    ("confirms", BATCH, |t, ch| Box::pin(confirms(t, ch))),
-    ("confirms_4conn", BATCH, |t, _| Box::pin(confirms_par(t))),
-    ("auto_ack", BATCH, |t, _| Box::pin(auto_ack(t))),
-    ("auto_ack_4conn", BATCH, |t, _| {
-        Box::pin(pairs(t, Pair::AutoAck, BATCH))
+const WORKLOADS: [(&str, usize, Workload); 17] = [
+    ("confirms", BATCH, |t, ch| Box::pin(confirms(t, ch, 1))),
+    ("confirms_pipelined", BATCH, |t, ch| {
+        Box::pin(confirms(t, ch, PIPELINE))
     }),
-    ("manual_ack", MANUAL, |t, _| Box::pin(manual_ack(t, 1))),
+    ("confirms_4conn", BATCH, |t, _| Box::pin(confirms_par(t))),
+    ("auto_ack", BATCH, |t, _| Box::pin(auto_ack(t, 1))),
+    ("auto_ack_pipelined", BATCH, |t, _| {
+        Box::pin(auto_ack(t, PIPELINE))
+    }),
+    ("auto_ack_4conn", BATCH, |t, _| {
+        Box::pin(pairs(t, Pair::AutoAck, BATCH, 1))
+    }),
+    ("auto_ack_4conn_pipelined", BATCH, |t, _| {
+        Box::pin(pairs(t, Pair::AutoAck, BATCH, PIPELINE))
+    }),
+    ("manual_ack", MANUAL, |t, _| Box::pin(manual_ack(t, 1, 1))),
+    ("manual_ack_pipelined", MANUAL, |t, _| {
+        Box::pin(manual_ack(t, 1, PIPELINE))
+    }),
     ("manual_ack_multi100", MANUAL, |t, _| {
-        Box::pin(manual_ack(t, ACK_EVERY))
+        Box::pin(manual_ack(t, ACK_EVERY, 1))
     }),
     ("manual_ack_4conn", MANUAL, |t, _| {
-        Box::pin(pairs(t, Pair::ManualAck, MANUAL))
+        Box::pin(pairs(t, Pair::ManualAck, MANUAL, 1))
     }),
-    ("topic_1000", BATCH, |t, _| Box::pin(topic(t))),
+    ("manual_ack_4conn_pipelined", MANUAL, |t, _| {
+        Box::pin(pairs(t, Pair::ManualAck, MANUAL, PIPELINE))
+    }),
+    ("topic_1000", BATCH, |t, _| Box::pin(topic(t, 1))),
+    ("topic_1000_pipelined", BATCH, |t, _| {
+        Box::pin(topic(t, PIPELINE))
+    }),
     ("roundtrip", ROUNDTRIPS, |t, _| Box::pin(roundtrip(t))),
     ("roundtrip_4conn", ROUNDTRIPS, |t, _| {
-        Box::pin(pairs(t, Pair::Roundtrip, ROUNDTRIPS))
+        Box::pin(pairs(t, Pair::Roundtrip, ROUNDTRIPS, 1))
     }),
     ("rpc_p50", ROUNDTRIPS, |t, _| Box::pin(rpc_p50(t))),
 ];
@@ -828,7 +942,13 @@ fn main() {
             "\nwarren / RabbitMQ (median of {rounds} interleaved rounds; below 1 = warren faster)\n\
              cpu: client threads / busiest client thread / server, % of wall time"
         );
-        for (name, _, w) in WORKLOADS {
+        // WARREN_WIRE_CASES=a,b limits the report to those cases.
+        let only = std::env::var("WARREN_WIRE_CASES").ok();
+        let wanted = |name: &str| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|c| c == name))
+        };
+        for (name, _, w) in WORKLOADS.into_iter().filter(|(name, _, _)| wanted(name)) {
             let mut walls = [Vec::new(), Vec::new()];
             let mut cpus = [(Duration::ZERO, Cpu::default()); 2];
             for _ in 0..rounds {
