@@ -65,9 +65,15 @@
 //!
 //! The client is the bottleneck against warren (2 shared cores): lapin's
 //! threads spend 2–4.5x the CPU of warren's server in every case (0.3–1.8x
-//! against RabbitMQ), no client thread is saturated (busiest ≤ ~50%), and
-//! 4 connections cut wall time only where a lone connection waits (confirms,
-//! round trips); for auto/manual ack they add client CPU instead.
+//! against RabbitMQ), and 4 connections cut wall time only where a lone
+//! connection waits (confirms, round trips); for auto/manual ack they add
+//! client CPU instead. Pipelining is what lets the broker show: with 256 in
+//! flight warren's wall time drops 3–5x and RabbitMQ's about 2x, while the
+//! client alone still takes 1.2–1.6 of the 2 cores against warren. The
+//! one-at-a-time cases measure lapin's hand-offs between threads more than
+//! either broker, and their ratios swing from run to run (0.5–2 for the
+//! same binary within the hour); read the `_pipelined` rows, and the server
+//! CPU per message (server share × wall time / messages), for the brokers.
 //!
 //! ```sh
 //! WARREN_RABBITMQ_ADDR=127.0.0.1:5673 WARREN_RABBITMQ_PID=$(pgrep beam.smp) \
