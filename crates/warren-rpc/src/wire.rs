@@ -592,13 +592,29 @@ fn open_envelope_fast(body: &[u8]) -> Option<String> {
         br#"{"oslo.version": "2.0", "oslo.message": ""#,
     ];
     let rest = HEADS.iter().find_map(|h| body.strip_prefix(*h))?;
-    // Copied byte by byte into a buffer of the largest size it can need
-    // (unescaping only shrinks): the inner text is short and full of
-    // escapes, so this beats copying the runs between them.
+    // Copied into a buffer of the largest size it can need (unescaping only
+    // shrinks), eight bytes at a time while none of them is special, else
+    // byte by byte: the inner text is short and full of escapes, so this
+    // beats finding the runs between them and copying each.
     let mut out = vec![0u8; rest.len()];
     let mut n = 0;
     let mut i = 0;
     loop {
+        // n <= i always, so a chunk that fits in `rest` fits in `out`.
+        while let (Some(chunk), Some(to)) = (rest.get(i..i + 8), out.get_mut(n..n + 8)) {
+            let special = special_lanes(u64::from_le_bytes(chunk.try_into().ok()?));
+            // The bytes before the first special one are plain: keep them
+            // and leave that one to the byte path. (All eight are stored, a
+            // fixed-size copy; what lies past the plain ones is written over
+            // or truncated away.)
+            let plain = (special.trailing_zeros() / 8) as usize;
+            to.copy_from_slice(chunk);
+            n += plain;
+            i += plain;
+            if plain < 8 {
+                break;
+            }
+        }
         let b = *rest.get(i)?;
         if b == b'"' {
             break;
@@ -655,6 +671,22 @@ fn open_envelope_fast(body: &[u8]) -> Option<String> {
         return None;
     }
     String::from_utf8(out).ok()
+}
+
+/// The lanes of `word` (eight bytes, little-endian) holding `"`, `\\` or a
+/// control character (below 0x20), the bytes a JSON string escapes: the top
+/// bit of each such byte is set. The usual SWAR tests: `(v - 0x01) & !v`
+/// sets the top bit of the zero bytes of `v`, `(v - n) & !v` that of the
+/// bytes below `n` (n <= 0x80). A borrow can flag a byte above (later than)
+/// a flagged one, never below, so the lowest flagged lane is exact.
+fn special_lanes(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero_in = |v: u64| v.wrapping_sub(ONES) & !v & HIGHS;
+    let quote = zero_in(word ^ (ONES * u64::from(b'"')));
+    let backslash = zero_in(word ^ (ONES * u64::from(b'\\')));
+    let control = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+    quote | backslash | control
 }
 
 fn hex4(digits: &[u8]) -> Option<u32> {
@@ -1077,6 +1109,51 @@ mod tests {
             open_envelope(br#"{"oslo.message": "{}", "oslo.version": "2.0"}"#).unwrap(),
             "{}"
         );
+    }
+
+    #[test]
+    fn the_first_special_lane_is_exact() {
+        let is_special = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
+        let first = |bytes: [u8; 8]| {
+            (special_lanes(u64::from_le_bytes(bytes)).trailing_zeros() / 8) as usize
+        };
+        for lane in 0..8 {
+            for b in 0..=255u8 {
+                for fill in [b'a', 0x7f, 0x80, 0xff, 0x21, 0x5c + 1, b'"' + 1] {
+                    let mut bytes = [fill; 8];
+                    bytes[lane] = b;
+                    let want = bytes.iter().position(|&c| is_special(c)).unwrap_or(8);
+                    assert_eq!(first(bytes), want, "{bytes:x?}");
+                }
+            }
+        }
+        // two specials: the first wins, whatever follows
+        for (i, j) in [(0, 1), (2, 7), (3, 4), (6, 7)] {
+            for (x, y) in [(0u8, b'"'), (b'\\', 0x1f), (b'"', b'\\'), (0x1f, 0)] {
+                let mut bytes = [b'z'; 8];
+                bytes[i] = x;
+                bytes[j] = y;
+                assert_eq!(first(bytes), i, "{bytes:x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fast_envelope_path_agrees_on_long_and_mixed_texts() {
+        let samples = [
+            "plain ascii text that runs for more than eight bytes at a time".to_owned(),
+            "\"quoted\" and \\backslashed\\ and \n\t\u{1}\u{1f} controls".to_owned(),
+            "\u{e9}t\u{e9} \u{1F600} caf\u{e9} na\u{ef}ve \u{7f}\u{80}\u{ff}".to_owned(),
+            "x".repeat(7) + "\"" + &"y".repeat(9) + "\\" + &"z".repeat(16),
+        ];
+        for text in samples {
+            let inner = serde_json::to_string(&json!({ "a": text, "b": [text.clone()] })).unwrap();
+            let mut body = br#"{"oslo.version":"2.0","oslo.message":"#.to_vec();
+            body.extend_from_slice(serde_json::to_string(&inner).unwrap().as_bytes());
+            body.push(b'}');
+            assert_eq!(open_envelope_fast(&body).expect("fast path taken"), inner);
+            assert_eq!(open_envelope_slow(&body).unwrap(), inner);
+        }
     }
 
     /// Bodies made by oslo.messaging 18.3 itself (`serialize_msg`,
