@@ -378,8 +378,15 @@ mod tests {
         let (mut guard, wait) = expect_reply(&pending, key, None);
         let mut rx = wait.rx;
         let result = RawValue::from_string("42".into()).unwrap();
-        let body =
-            crate::wire::encode_reply(Some(&result), None, true, msg_id.as_str(), &hex(7)).unwrap();
+        let body = crate::wire::encode_reply(
+            Some(&result),
+            None,
+            true,
+            msg_id.as_str(),
+            &hex(7),
+            crate::wire::Wrap::Envelope,
+        )
+        .unwrap();
         complete_reply(&body, &pending, &ids, &stats);
         complete_reply(&body, &pending, &ids, &stats);
         match rx.try_recv() {

@@ -150,6 +150,7 @@ impl WireRequest {
                 timeout: self.timeout,
                 call: self.msg_id.is_some(),
             },
+            Wrap::Envelope,
         )
     }
 
@@ -159,8 +160,10 @@ impl WireRequest {
     ///
     /// [`WireError`] for bad JSON, an unsupported envelope, or no `method`.
     pub fn decode(body: &[u8]) -> Result<WireRequest, WireError> {
-        let inner = open_envelope(body)?;
-        let f: Fields<'_> = serde_json::from_str(&inner)?;
+        read_fields(body, WireRequest::from_fields)
+    }
+
+    fn from_fields(f: Fields<'_>) -> Result<WireRequest, WireError> {
         let method = f.method.ok_or(WireError::Missing("method"))?;
         let args = match f.args {
             Some(a) if a.get().starts_with('{') => a,
@@ -211,6 +214,7 @@ impl WireReply {
             self.ending,
             self.msg_id.as_deref().unwrap_or(""),
             self.unique_id.as_deref().unwrap_or(""),
+            Wrap::Envelope,
         )
     }
 
@@ -238,22 +242,22 @@ pub(crate) fn read_reply<R>(
     body: &[u8],
     f: impl FnOnce(Option<&str>, Option<&str>, Option<Box<RawValue>>, Option<RemoteError>, bool) -> R,
 ) -> Result<R, WireError> {
-    let inner = open_envelope(body)?;
-    let fields: Fields<'_> = serde_json::from_str(&inner)?;
-    let failure = match fields.failure {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(RemoteError::from_failure_json(&s)?),
-        Some(v @ Value::Object(_)) => Some(serde_json::from_value(v)?),
-        Some(_) => return Err(WireError::Invalid("failure")),
-    };
-    Ok(f(
-        fields.msg_id.as_deref(),
-        fields.unique_id.as_deref(),
-        fields.result.filter(|r| r.get() != "null"),
-        failure,
-        fields.ending,
-    ))
+    read_fields(body, |fields| {
+        let failure = match fields.failure {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if s.is_empty() => None,
+            Some(Value::String(s)) => Some(RemoteError::from_failure_json(&s)?),
+            Some(v @ Value::Object(_)) => Some(serde_json::from_value(v)?),
+            Some(_) => return Err(WireError::Invalid("failure")),
+        };
+        Ok(f(
+            fields.msg_id.as_deref(),
+            fields.unique_id.as_deref(),
+            fields.result.filter(|r| r.get() != "null"),
+            failure,
+            fields.ending,
+        ))
+    })
 }
 
 /// A notification as it travels.
@@ -284,9 +288,13 @@ impl WireNotification {
     ///
     /// Never in practice (see [`WireRequest::encode`]).
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
-        let mut out = Envelope::start(256 + self.payload.get().len());
+        self.encode_as(Wrap::Envelope)
+    }
+
+    pub(crate) fn encode_as(&self, wrap: Wrap) -> Result<Vec<u8>, WireError> {
+        let mut out = wrap.start(256 + self.payload.get().len());
         {
-            let mut w = Esc(&mut out);
+            let mut w = wrap.writer(&mut out);
             w.lit(br#"{\"message_id\":"#);
             w.string(&self.message_id);
             w.lit(br#",\"publisher_id\":"#);
@@ -306,7 +314,7 @@ impl WireNotification {
             w.context(&self.ctx)?;
             w.lit(b"}");
         }
-        Ok(Envelope::finish(out))
+        Ok(wrap.finish(out))
     }
 
     /// Reads a notification body.
@@ -316,8 +324,10 @@ impl WireNotification {
     /// [`WireError`] for bad JSON, an unsupported envelope, or a missing
     /// `event_type` / `priority`.
     pub fn decode(body: &[u8]) -> Result<WireNotification, WireError> {
-        let inner = open_envelope(body)?;
-        let f: Fields<'_> = serde_json::from_str(&inner)?;
+        read_fields(body, WireNotification::from_fields)
+    }
+
+    fn from_fields(f: Fields<'_>) -> Result<WireNotification, WireError> {
         let payload = match f.payload {
             Some(p) => p,
             None => RawValue::NULL.to_owned(),
@@ -349,10 +359,11 @@ pub(crate) fn encode_request(
     message: &RpcMessage,
     ctx: &Context,
     fields: &RequestFields<'_>,
+    wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
-    let mut out = Envelope::start(192 + message.args.get().len() + 32 * ctx.len());
+    let mut out = wrap.start(192 + message.args.get().len() + 32 * ctx.len());
     {
-        let mut w = Esc(&mut out);
+        let mut w = wrap.writer(&mut out);
         w.lit(br#"{\"method\":"#);
         w.string(&message.method);
         w.lit(br#",\"args\":"#);
@@ -385,7 +396,7 @@ pub(crate) fn encode_request(
         w.context(ctx)?;
         w.lit(b"}");
     }
-    Ok(Envelope::finish(out))
+    Ok(wrap.finish(out))
 }
 
 pub(crate) fn encode_reply(
@@ -394,10 +405,11 @@ pub(crate) fn encode_reply(
     ending: bool,
     msg_id: &str,
     unique_id: &str,
+    wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
-    let mut out = Envelope::start(128 + result.map_or(4, |r| r.get().len()));
+    let mut out = wrap.start(128 + result.map_or(4, |r| r.get().len()));
     {
-        let mut w = Esc(&mut out);
+        let mut w = wrap.writer(&mut out);
         w.lit(br#"{\"result\":"#);
         match result {
             Some(r) => w.json(r.get().as_bytes()),
@@ -418,33 +430,63 @@ pub(crate) fn encode_reply(
         w.string(unique_id);
         w.lit(b"}");
     }
-    Ok(Envelope::finish(out))
+    Ok(wrap.finish(out))
 }
 
-struct Envelope;
+/// How a body is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Wrap {
+    /// oslo's envelope 2.0: the message as a JSON string inside
+    /// `{"oslo.version": "2.0", "oslo.message": "..."}`. What oslo sends.
+    Envelope,
+    /// The message itself (oslo's format 1.0), which oslo's
+    /// `deserialize_msg` reads as it reads the envelope: no escaping on the
+    /// way out, no unwrapping on the way in.
+    Bare,
+}
 
-impl Envelope {
+impl Wrap {
     const HEAD: &'static [u8] = b"{\"oslo.version\":\"2.0\",\"oslo.message\":\"";
 
-    fn start(capacity: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(capacity + Self::HEAD.len() + 2);
-        out.extend_from_slice(Self::HEAD);
-        out
+    /// A buffer for a message of about `capacity` bytes, and the writer that
+    /// fills it.
+    fn start(self, capacity: usize) -> Vec<u8> {
+        match self {
+            Wrap::Envelope => {
+                let mut out = Vec::with_capacity(capacity + Self::HEAD.len() + 2);
+                out.extend_from_slice(Self::HEAD);
+                out
+            }
+            Wrap::Bare => Vec::with_capacity(capacity),
+        }
     }
 
-    fn finish(mut out: Vec<u8>) -> Vec<u8> {
-        out.extend_from_slice(b"\"}");
+    fn writer(self, out: &mut Vec<u8>) -> Esc<'_> {
+        Esc {
+            out,
+            bare: self == Wrap::Bare,
+        }
+    }
+
+    fn finish(self, mut out: Vec<u8>) -> Vec<u8> {
+        if self == Wrap::Envelope {
+            out.extend_from_slice(b"\"}");
+        }
         out
     }
 }
 
-/// Writes into the envelope's JSON string. What goes in is the inner
-/// message's JSON text, escaped for a JSON string (`"` as `\"`, `\` as
-/// `\\`, control characters as `\u00XX`): literals are written already
-/// escaped, JSON text is escaped as it is copied, string values are escaped
-/// twice (once as JSON strings of the inner message, once for the envelope)
-/// in one pass.
-struct Esc<'a>(&'a mut Vec<u8>);
+/// Writes the message's JSON text. Into the envelope's JSON string (the
+/// usual case) it goes escaped for a JSON string (`"` as `\"`, `\` as `\\`,
+/// control characters as `\u00XX`): literals are written already escaped,
+/// JSON text is escaped as it is copied, string values are escaped twice
+/// (once as JSON strings of the message, once for the envelope) in one
+/// pass. A `bare` writer writes the message as it is: literals lose their
+/// escapes, JSON text is copied, string values are escaped once.
+struct Esc<'a> {
+    out: &'a mut Vec<u8>,
+    bare: bool,
+}
 
 /// Bytes that need escaping in a JSON string.
 static SPECIAL: [bool; 256] = {
@@ -460,42 +502,49 @@ static SPECIAL: [bool; 256] = {
 };
 
 impl Esc<'_> {
-    /// Appends bytes that are already escaped for the envelope.
+    /// Appends bytes that are already escaped for the envelope. (Every
+    /// literal's only escapes are `\"`, so a bare writer drops the
+    /// backslashes.)
     fn lit(&mut self, bytes: &[u8]) {
-        self.0.extend_from_slice(bytes);
+        if self.bare {
+            self.out.extend(bytes.iter().filter(|&&b| b != b'\\'));
+        } else {
+            self.out.extend_from_slice(bytes);
+        }
     }
 
     /// Appends JSON text, escaping it for the envelope.
     fn json(&mut self, bytes: &[u8]) {
-        let out = &mut *self.0;
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            if !SPECIAL[usize::from(b)] {
-                continue;
-            }
-            out.extend_from_slice(&bytes[start..i]);
-            match b {
-                b'"' => out.extend_from_slice(br#"\""#),
-                b'\\' => out.extend_from_slice(br"\\"),
-                _ => push_control(out, b),
-            }
-            start = i + 1;
+        if self.bare {
+            self.out.extend_from_slice(bytes);
+        } else {
+            escape_into(self.out, bytes);
         }
-        out.extend_from_slice(&bytes[start..]);
     }
 
     /// Appends a JSON string literal with this content.
     fn string(&mut self, s: &str) {
-        self.0.extend_from_slice(br#"\""#);
+        if self.bare {
+            self.out.push(b'"');
+            escape_into(self.out, s.as_bytes());
+            self.out.push(b'"');
+            return;
+        }
+        self.out.extend_from_slice(br#"\""#);
         self.string_body(s);
-        self.0.extend_from_slice(br#"\""#);
+        self.out.extend_from_slice(br#"\""#);
     }
 
     /// Appends the content of a JSON string literal: each special character
-    /// escaped for the inner message, and that escape escaped again.
+    /// escaped for the inner message, and that escape escaped again (once
+    /// only when bare).
     fn string_body(&mut self, s: &str) {
         let bytes = s.as_bytes();
-        let out = &mut *self.0;
+        if self.bare {
+            escape_into(self.out, bytes);
+            return;
+        }
+        let out = &mut *self.out;
         // Most strings (ids, names, methods) need no escaping; this check
         // has no early exit, so it runs vectorized.
         let special = bytes.iter().fold(false, |acc, &b| {
@@ -561,6 +610,25 @@ impl io::Write for Esc<'_> {
     }
 }
 
+/// Appends `bytes` escaped for a JSON string: `"` as `\"`, `\` as `\\`,
+/// control characters as `\u00XX`.
+fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if !SPECIAL[usize::from(b)] {
+            continue;
+        }
+        out.extend_from_slice(&bytes[start..i]);
+        match b {
+            b'"' => out.extend_from_slice(br#"\""#),
+            b'\\' => out.extend_from_slice(br"\\"),
+            _ => push_control(out, b),
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+}
+
 /// `u00XX` (the part of a `\u00XX` escape after the backslash).
 fn push_control_body(out: &mut Vec<u8>, b: u8) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -574,8 +642,30 @@ fn push_control(out: &mut Vec<u8>, b: u8) {
     push_control_body(out, b);
 }
 
+/// Reads the message's fields from a body and hands them to `read`: from the
+/// envelope's `oslo.message`, or from the body itself when it is a bare
+/// message.
+fn read_fields<R>(
+    body: &[u8],
+    read: impl FnOnce(Fields<'_>) -> Result<R, WireError>,
+) -> Result<R, WireError> {
+    if let Some(inner) = open_envelope_fast(body) {
+        return read(serde_json::from_str(&inner)?);
+    }
+    // A bare message is read in one pass. A body that turns out to be an
+    // envelope after all (keys in another order, other spacing) is opened
+    // by the general path.
+    let fields: Fields<'_> = serde_json::from_slice(body)?;
+    if !fields.enveloped {
+        return read(fields);
+    }
+    let inner = open_envelope_slow(body)?;
+    read(serde_json::from_str(&inner)?)
+}
+
 /// The inner message's JSON text: the envelope's `oslo.message`, or the whole
 /// body when it is not an envelope.
+#[cfg(test)]
 fn open_envelope(body: &[u8]) -> Result<String, WireError> {
     if let Some(inner) = open_envelope_fast(body) {
         return Ok(inner);
@@ -745,6 +835,8 @@ struct Fields<'de> {
     payload: Option<Box<RawValue>>,
     timestamp: Option<String>,
     ctx: Map<String, Value>,
+    /// `oslo.version` or `oslo.message` was among the keys: an envelope.
+    enveloped: bool,
 }
 
 enum Key {
@@ -766,6 +858,7 @@ enum Key {
     Payload,
     Timestamp,
     Context(String),
+    Envelope,
     Other,
 }
 
@@ -796,6 +889,7 @@ impl<'de> Deserialize<'de> for Key {
                     "priority" => Key::Priority,
                     "payload" => Key::Payload,
                     "timestamp" => Key::Timestamp,
+                    "oslo.version" | "oslo.message" => Key::Envelope,
                     _ => match s.strip_prefix(CONTEXT_PREFIX) {
                         Some(k) => Key::Context(k.to_owned()),
                         None => Key::Other,
@@ -847,6 +941,10 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                         Key::Context(k) => {
                             let v: Value = map.next_value()?;
                             f.ctx.insert(k, v);
+                        }
+                        Key::Envelope => {
+                            f.enveloped = true;
+                            map.next_value::<IgnoredAny>()?;
                         }
                         Key::Other => {
                             map.next_value::<IgnoredAny>()?;
@@ -1005,7 +1103,7 @@ mod tests {
     #[test]
     fn reply_round_trip() {
         let raw = serde_json::value::to_raw_value(&json!({"id": 1})).unwrap();
-        let body = encode_reply(Some(&raw), None, true, "m1", "u1").unwrap();
+        let body = encode_reply(Some(&raw), None, true, "m1", "u1", Wrap::Envelope).unwrap();
         assert_eq!(
             inner(&body),
             json!({"result": {"id": 1}, "failure": null, "ending": true, "_msg_id": "m1", "_unique_id": "u1"})
@@ -1015,7 +1113,7 @@ mod tests {
         assert!(r.ending && r.failure.is_none());
 
         let e = RemoteError::new("Boom", "it \"broke\"").with_data(json!({"k": 1}));
-        let body = encode_reply(None, Some(&e), true, "m2", "u2").unwrap();
+        let body = encode_reply(None, Some(&e), true, "m2", "u2", Wrap::Envelope).unwrap();
         let m = inner(&body);
         assert!(m["failure"].is_string());
         let f: Value = serde_json::from_str(m["failure"].as_str().unwrap()).unwrap();
@@ -1058,6 +1156,129 @@ mod tests {
         assert_eq!(back.event_type, n.event_type);
         assert_eq!(back.payload.get(), n.payload.get());
         assert_eq!(back.ctx, n.ctx);
+    }
+
+    /// Strings that exercise every escape, in every place a string goes.
+    const AWKWARD: &str = "q\"b\\s/\n\u{1}\u{1f}\u{7f}\u{e9}\u{1F600}";
+
+    fn awkward_request(call: bool) -> WireRequest {
+        let mut message =
+            RpcMessage::new(AWKWARD, &json!({"a": AWKWARD, "n": [1, 2.5, null]})).unwrap();
+        message.namespace = Some(AWKWARD.into());
+        message.version = Some("3.1".into());
+        WireRequest {
+            message,
+            ctx: Context::new()
+                .with(AWKWARD, AWKWARD)
+                .with("n", 1)
+                .with("none", Value::Null)
+                .with("yes", true)
+                .with("list", json!([AWKWARD, {"k": AWKWARD}])),
+            msg_id: call.then(|| AWKWARD.into()),
+            reply_q: call.then(|| AWKWARD.into()),
+            unique_id: Some(AWKWARD.into()),
+            timeout: call.then_some(7.5),
+        }
+    }
+
+    fn both(encode: impl Fn(Wrap) -> Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+        (encode(Wrap::Envelope), encode(Wrap::Bare))
+    }
+
+    #[test]
+    fn a_bare_body_is_the_envelopes_message_byte_for_byte() {
+        let mut bodies = Vec::new();
+        for call in [true, false] {
+            let r = awkward_request(call);
+            let fields = RequestFields {
+                msg_id: r.msg_id.as_deref(),
+                reply_q: r.reply_q.as_deref(),
+                unique_id: r.unique_id.as_deref(),
+                timeout: r.timeout,
+                call,
+            };
+            bodies.push(both(|w| {
+                encode_request(&r.message, &r.ctx, &fields, w).unwrap()
+            }));
+        }
+        let result = serde_json::value::to_raw_value(&json!({"r": AWKWARD})).unwrap();
+        let failure = RemoteError::new(AWKWARD, AWKWARD);
+        bodies.push(both(|w| {
+            encode_reply(Some(&result), None, true, AWKWARD, AWKWARD, w).unwrap()
+        }));
+        bodies.push(both(|w| {
+            encode_reply(None, Some(&failure), true, AWKWARD, AWKWARD, w).unwrap()
+        }));
+        bodies.push(both(|w| {
+            encode_reply(None, None, false, AWKWARD, AWKWARD, w).unwrap()
+        }));
+        let n = WireNotification {
+            message_id: AWKWARD.into(),
+            publisher_id: AWKWARD.into(),
+            event_type: AWKWARD.into(),
+            priority: "INFO".into(),
+            payload: serde_json::value::to_raw_value(&json!([AWKWARD])).unwrap(),
+            timestamp: "2024-01-02 03:04:05.000006".into(),
+            ctx: awkward_request(false).ctx,
+            unique_id: Some(AWKWARD.into()),
+        };
+        bodies.push(both(|w| n.encode_as(w).unwrap()));
+        for (enveloped, bare) in bodies {
+            let inner = open_envelope(&enveloped).unwrap();
+            assert_eq!(String::from_utf8(bare.clone()).unwrap(), inner);
+            // and it is JSON (an object) on its own
+            assert!(serde_json::from_slice::<Value>(&bare).unwrap().is_object());
+        }
+    }
+
+    #[test]
+    fn bare_and_enveloped_bodies_decode_alike() {
+        for call in [true, false] {
+            let r = awkward_request(call);
+            let fields = RequestFields {
+                msg_id: r.msg_id.as_deref(),
+                reply_q: r.reply_q.as_deref(),
+                unique_id: r.unique_id.as_deref(),
+                timeout: r.timeout,
+                call,
+            };
+            let (enveloped, bare) =
+                both(|w| encode_request(&r.message, &r.ctx, &fields, w).unwrap());
+            // the envelope again, keys the other way round (the general path)
+            let reordered = serde_json::to_vec(&json!({
+                "oslo.message": open_envelope(&enveloped).unwrap(),
+                "oslo.version": "2.0",
+            }))
+            .unwrap();
+            for body in [&enveloped, &bare, &reordered] {
+                let back = WireRequest::decode(body).unwrap();
+                assert_eq!(back.message.method, AWKWARD);
+                assert_eq!(back.message.args.get(), r.message.args.get());
+                assert_eq!(back.message.namespace, r.message.namespace);
+                assert_eq!(back.message.version, r.message.version);
+                assert_eq!(back.ctx, r.ctx);
+                assert_eq!(back.msg_id, r.msg_id);
+                assert_eq!(back.reply_q, r.reply_q);
+                assert_eq!(back.unique_id, r.unique_id);
+                assert_eq!(back.timeout, r.timeout);
+            }
+        }
+        let (enveloped, bare) = both(|w| encode_reply(None, None, false, "m", "u", w).unwrap());
+        for body in [&enveloped, &bare] {
+            let back = WireReply::decode(body).unwrap();
+            assert!(!back.ending);
+            assert_eq!(back.msg_id.as_deref(), Some("m"));
+        }
+        // An envelope of another version is refused whatever its key order.
+        for body in [
+            &br#"{"oslo.version": "9.0", "oslo.message": "{}"}"#[..],
+            br#"{"oslo.message": "{}", "oslo.version": "9.0"}"#,
+        ] {
+            assert!(matches!(
+                WireRequest::decode(body),
+                Err(WireError::UnsupportedEnvelope(_))
+            ));
+        }
     }
 
     #[test]

@@ -432,3 +432,86 @@ fn public_types_are_send_and_sync() {
     send::<Box<dyn warren_rpc::Listener<warren_rpc::IncomingCall>>>();
     send::<Box<dyn warren_rpc::Listener<warren_rpc::IncomingNotification>>>();
 }
+
+/// `with_envelope(false)`: requests, replies and notifications are the bare
+/// message (oslo's format 1.0), the same fields as inside the envelope, and
+/// a transport that sends envelopes talks to it both ways.
+#[tokio::test]
+async fn a_bare_transport_sends_the_message_without_the_envelope() {
+    let broker = warren_core::Broker::new();
+    let bare: Arc<dyn Transport> =
+        Arc::new(InprocTransport::new(broker.clone()).with_envelope(false));
+    let wrapped: Arc<dyn Transport> = Arc::new(InprocTransport::new(broker.clone()));
+    broker.declare_queue("probe", Default::default()).unwrap();
+    broker
+        .declare_exchange(
+            "openstack",
+            warren_core::ExchangeKind::Topic,
+            Default::default(),
+        )
+        .unwrap();
+    broker
+        .bind_queue("probe", "openstack", "compute", &Default::default())
+        .unwrap();
+
+    RpcClient::new(bare.clone(), Target::new("compute"))
+        .cast(
+            &Context::new().with("user", "u"),
+            "reboot",
+            &json!({"id": "i\"1"}),
+        )
+        .await
+        .unwrap();
+    let d = broker
+        .get("probe", GetOptions::default())
+        .unwrap()
+        .expect("a cast");
+    let m: Value = serde_json::from_slice(d.body()).unwrap();
+    assert_eq!(m["method"], "reboot");
+    assert_eq!(m["args"], json!({"id": "i\"1"}));
+    assert_eq!(m["_context_user"], "u");
+    assert!(m.get("oslo.version").is_none());
+    d.ack();
+    broker.delete_queue("probe", Default::default()).unwrap();
+
+    // A bare server answers an enveloped client, and the other way round.
+    let ep = || {
+        Endpoint::new().method("add", |_c: Context, v: Value| async move {
+            Ok::<_, HandlerError>(v["a"].as_i64().unwrap_or(0) + v["b"].as_i64().unwrap_or(0))
+        })
+    };
+    let bare_server = RpcServer::new(
+        bare.clone(),
+        Target::new("calc").with_server("b"),
+        vec![ep()],
+    );
+    let wrapped_server = RpcServer::new(
+        wrapped.clone(),
+        Target::new("calc").with_server("w"),
+        vec![ep()],
+    );
+    bare_server.start().await.unwrap();
+    wrapped_server.start().await.unwrap();
+    for (client, server) in [(&wrapped, "b"), (&bare, "w"), (&bare, "b")] {
+        let c = RpcClient::new(client.clone(), Target::new("calc").with_server(server));
+        let sum: i64 = within(c.call(&Context::new(), "add", &json!({"a": 2, "b": 3})))
+            .await
+            .unwrap();
+        assert_eq!(sum, 5);
+    }
+
+    // Notifications: the bare message on the topic's queue.
+    Notifier::new(bare.clone(), "compute.host1")
+        .info(&Context::new(), "compute.instance.exists", &json!({"a": 1}))
+        .await
+        .unwrap();
+    let d = broker
+        .get("notifications.info", GetOptions::default())
+        .unwrap()
+        .expect("queued");
+    let m: Value = serde_json::from_slice(d.body()).unwrap();
+    assert_eq!(m["event_type"], "compute.instance.exists");
+    assert_eq!(m["payload"], json!({"a": 1}));
+    bare_server.stop().await;
+    wrapped_server.stop().await;
+}

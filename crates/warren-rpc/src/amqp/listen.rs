@@ -25,7 +25,7 @@ use crate::transport::{
     Acknowledger, BoxFuture, IncomingCall, IncomingNotification, Listener, Reply, Responder,
 };
 use crate::util::{log_debug, log_warn, random_hex};
-use crate::wire::{encode_reply, WireNotification, WireRequest};
+use crate::wire::{encode_reply, WireNotification, WireRequest, Wrap};
 
 /// How long a reply may wait for the connection to come back before it is
 /// given up (oslo's `kombu_missing_consumer_retry_timeout`).
@@ -481,12 +481,22 @@ impl Responder for AmqpResponder {
         Box::pin(async move {
             let (_, unique_id) = self.shared.ids.next();
             let body = match &reply {
-                Reply::Result(r) => {
-                    encode_reply(Some(r), None, true, &self.msg_id, unique_id.as_str())
-                }
-                Reply::Failure(f) => {
-                    encode_reply(None, Some(f), true, &self.msg_id, unique_id.as_str())
-                }
+                Reply::Result(r) => encode_reply(
+                    Some(r),
+                    None,
+                    true,
+                    &self.msg_id,
+                    unique_id.as_str(),
+                    Wrap::Envelope,
+                ),
+                Reply::Failure(f) => encode_reply(
+                    None,
+                    Some(f),
+                    true,
+                    &self.msg_id,
+                    unique_id.as_str(),
+                    Wrap::Envelope,
+                ),
             }
             .map_err(|e| TransportError::Encode(e.to_string()))?;
             if send_reply(&self.shared, &self.reply_q, &body).await? == Delivered::Returned {
@@ -499,7 +509,14 @@ impl Responder for AmqpResponder {
 
     fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.shared.ids.next();
-        let body = encode_reply(None, None, false, &self.msg_id, unique_id.as_str());
+        let body = encode_reply(
+            None,
+            None,
+            false,
+            &self.msg_id,
+            unique_id.as_str(),
+            Wrap::Envelope,
+        );
         let shared = self.shared.clone();
         let reply_q = self.reply_q.clone();
         Box::pin(async move {

@@ -23,7 +23,7 @@ use crate::transport::{
     Transport, TransportStats,
 };
 use crate::util::random_hex;
-use crate::wire::{encode_request, RequestFields, RpcMessage, WireNotification};
+use crate::wire::{encode_request, RequestFields, RpcMessage, WireNotification, Wrap};
 
 /// The reply queue and the calls waiting on it.
 struct Replies {
@@ -480,6 +480,7 @@ impl Transport for AmqpTransport {
                         timeout: None,
                         call: false,
                     },
+                    Wrap::Envelope,
                 )
                 .map_err(|e| TransportError::Encode(e.to_string()))?;
                 let out = Outgoing {
@@ -507,6 +508,7 @@ impl Transport for AmqpTransport {
                     timeout: options.call_monitor_timeout.map(|d| d.as_secs_f64()),
                     call: true,
                 },
+                Wrap::Envelope,
             )
             .map_err(|e| TransportError::Encode(e.to_string()))?;
             let out = Outgoing {

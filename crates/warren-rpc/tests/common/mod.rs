@@ -1,9 +1,12 @@
 //! Helpers shared by the integration tests.
 //!
 //! Behaviour tests run on every transport: [`each_transport!`] turns one
-//! test body into a test per transport (`<name>::inproc`, `<name>::amqp`),
-//! each with a [`Rig`]: its transport, a way to make another one on the
-//! same broker, unique names, and a look at the broker's queues.
+//! test body into a test per transport (`<name>::inproc`,
+//! `<name>::inproc_bare`, `<name>::amqp`), each with a [`Rig`]: its
+//! transport, a way to make another one on the same broker, unique names,
+//! and a look at the broker's queues. `inproc_bare` sends bodies without
+//! oslo's envelope, and its [`Rig::another`] transports with it, so a test
+//! with two transports also mixes the two layouts.
 //!
 //! The `amqp` variant needs the `amqp` feature and a broker URL in
 //! `WARREN_TEST_AMQP_URL` (for example the RabbitMQ that
@@ -84,6 +87,8 @@ pub struct Rig {
     backend: Backend,
     suffix: String,
     transport: Arc<dyn Transport>,
+    /// In process: whether the rig's own transport sends bare bodies.
+    bare: bool,
 }
 
 impl Rig {
@@ -94,6 +99,19 @@ impl Rig {
             transport: Arc::new(InprocTransport::new(broker.clone())),
             backend: Backend::Inproc(broker),
             suffix: String::new(),
+            bare: false,
+        }
+    }
+
+    /// A fresh in-process broker; the rig's transport sends bare bodies
+    /// (no envelope), the others it makes send the envelope.
+    pub fn inproc_bare() -> Rig {
+        let broker = Broker::new();
+        Rig {
+            transport: Arc::new(InprocTransport::new(broker.clone()).with_envelope(false)),
+            backend: Backend::Inproc(broker),
+            suffix: String::new(),
+            bare: true,
         }
     }
 
@@ -110,6 +128,7 @@ impl Rig {
             transport: Arc::new(t),
             backend: Backend::Amqp(url),
             suffix: unique_suffix(),
+            bare: false,
         })
     }
 
@@ -134,7 +153,8 @@ impl Rig {
     }
 
     /// Another transport (its own reply queue, and for AMQP its own
-    /// connection) on the same broker.
+    /// connection) on the same broker. For a bare rig, one that sends the
+    /// envelope.
     pub fn another(&self) -> Arc<dyn Transport> {
         match &self.backend {
             Backend::Inproc(b) => Arc::new(InprocTransport::new(b.clone())),
@@ -291,6 +311,12 @@ macro_rules! each_transport {
             $(#[$attr])*
             async fn inproc() {
                 let $rig = common::Rig::inproc();
+                $body
+            }
+
+            $(#[$attr])*
+            async fn inproc_bare() {
+                let $rig = common::Rig::inproc_bare();
                 $body
             }
 
