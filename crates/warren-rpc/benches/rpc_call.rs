@@ -4,7 +4,9 @@
 //!
 //! Besides criterion's figures, prints p50 / p99 from its own sample of
 //! sequential calls, calls/s at 1 and 16 callers, casts/s, and the ratios
-//! to the ping-pong baseline.
+//! to the ping-pong baseline; on a current-thread and a multi-thread
+//! runtime, with oslo's envelope (the default) and with bare bodies
+//! (`InprocTransport::with_envelope(false)`).
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,7 +39,16 @@ struct Rig {
     _server: RpcServer,
 }
 
-fn rig(multi_thread: bool) -> Rig {
+/// The runtime and body layouts measured: (name, multi-thread runtime,
+/// oslo's envelope). `bare`: `InprocTransport::with_envelope(false)`.
+const RIGS: [(&str, bool, bool); 4] = [
+    ("current_thread", false, true),
+    ("multi_thread", true, true),
+    ("current_thread_bare", false, false),
+    ("multi_thread_bare", true, false),
+];
+
+fn rig(multi_thread: bool, envelope: bool) -> Rig {
     let rt = if multi_thread {
         Builder::new_multi_thread()
             .worker_threads(2)
@@ -50,7 +61,8 @@ fn rig(multi_thread: bool) -> Rig {
     let ticks = Arc::new(AtomicU64::new(0));
     let ticked = Arc::new(Notify::new());
     let (server, client) = rt.block_on(async {
-        let t: Arc<dyn Transport> = Arc::new(InprocTransport::new(Broker::new()));
+        let t: Arc<dyn Transport> =
+            Arc::new(InprocTransport::new(Broker::new()).with_envelope(envelope));
         let (tk, tn) = (ticks.clone(), ticked.clone());
         let ep = Endpoint::new()
             .method("echo", |_c: Context, r: Req| async move {
@@ -177,8 +189,8 @@ fn criterion_benches(c: &mut Criterion) {
     });
     drop(pp);
 
-    for (name, multi) in [("current_thread", false), ("multi_thread", true)] {
-        let r = rig(multi);
+    for (name, multi, envelope) in RIGS {
+        let r = rig(multi, envelope);
         g.bench_function(format!("call_1_caller_{name}"), |b| {
             b.iter_custom(|iters| concurrent_calls(&r, 1, iters))
         });
@@ -249,15 +261,15 @@ fn own_report() {
         us(pp99),
         per_sec(SAMPLE as u64, pp.iter().sum())
     );
-    for (name, multi) in [("current_thread", false), ("multi_thread", true)] {
-        let r = rig(multi);
+    for (name, multi, envelope) in RIGS {
+        let r = rig(multi, envelope);
         let s = sample_calls(&r);
         let (p50, p99) = (percentile(&s, 0.50), percentile(&s, 0.99));
         let one = per_sec(SAMPLE as u64, concurrent_calls(&r, 1, SAMPLE as u64));
         let sixteen = per_sec(SAMPLE as u64, concurrent_calls(&r, 16, SAMPLE as u64));
         let cast = per_sec(100_000, casts(&r, 100_000));
         println!(
-            "call ({name:<14})        p50 {:>7.2} us   p99 {:>7.2} us   ratio to ping-pong: p50 {:.2}x, p99 {:.2}x",
+            "call ({name:<19})   p50 {:>7.2} us   p99 {:>7.2} us   ratio to ping-pong: p50 {:.2}x, p99 {:.2}x",
             us(p50),
             us(p99),
             p50.as_secs_f64() / pp50.as_secs_f64(),

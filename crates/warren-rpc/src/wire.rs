@@ -16,6 +16,50 @@ use crate::target::Version;
 const ENVELOPE_VERSION: Version = Version::new(2, 0);
 const CONTEXT_PREFIX: &str = "_context_";
 
+/// A literal piece of a message's JSON text in both forms: as it is (for a
+/// bare body) and escaped for the envelope's string. [`lit!`] makes it at
+/// compile time.
+struct Lit {
+    plain: &'static [u8],
+    escaped: [u8; Lit::MAX],
+    len: usize,
+}
+
+impl Lit {
+    const MAX: usize = 48;
+
+    /// Escapes `plain`'s quotes and backslashes (the only special bytes a
+    /// literal here has); a literal too long for `MAX` fails the build.
+    const fn new(plain: &'static str) -> Lit {
+        let p = plain.as_bytes();
+        let mut escaped = [0u8; Lit::MAX];
+        let (mut i, mut n) = (0, 0);
+        while i < p.len() {
+            if p[i] == b'"' || p[i] == b'\\' {
+                escaped[n] = b'\\';
+                n += 1;
+            }
+            escaped[n] = p[i];
+            n += 1;
+            i += 1;
+        }
+        Lit {
+            plain: p,
+            escaped,
+            len: n,
+        }
+    }
+}
+
+/// `lit!(writer, "json text")`: appends a literal piece of JSON text in the
+/// writer's form.
+macro_rules! lit {
+    ($w:expr, $s:expr) => {{
+        const L: Lit = Lit::new($s);
+        $w.lit(&L)
+    }};
+}
+
 /// Why a body could not be read as an oslo message.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -295,24 +339,24 @@ impl WireNotification {
         let mut out = wrap.start(256 + self.payload.get().len());
         {
             let mut w = wrap.writer(&mut out);
-            w.lit(br#"{\"message_id\":"#);
+            lit!(w, r#"{"message_id":"#);
             w.string(&self.message_id);
-            w.lit(br#",\"publisher_id\":"#);
+            lit!(w, r#","publisher_id":"#);
             w.string(&self.publisher_id);
-            w.lit(br#",\"event_type\":"#);
+            lit!(w, r#","event_type":"#);
             w.string(&self.event_type);
-            w.lit(br#",\"priority\":"#);
+            lit!(w, r#","priority":"#);
             w.string(&self.priority);
-            w.lit(br#",\"payload\":"#);
+            lit!(w, r#","payload":"#);
             w.json(self.payload.get().as_bytes());
-            w.lit(br#",\"timestamp\":"#);
+            lit!(w, r#","timestamp":"#);
             w.string(&self.timestamp);
             if let Some(u) = &self.unique_id {
-                w.lit(br#",\"_unique_id\":"#);
+                lit!(w, r#","_unique_id":"#);
                 w.string(u);
             }
             w.context(&self.ctx)?;
-            w.lit(b"}");
+            lit!(w, "}");
         }
         Ok(wrap.finish(out))
     }
@@ -364,37 +408,37 @@ pub(crate) fn encode_request(
     let mut out = wrap.start(192 + message.args.get().len() + 32 * ctx.len());
     {
         let mut w = wrap.writer(&mut out);
-        w.lit(br#"{\"method\":"#);
+        lit!(w, r#"{"method":"#);
         w.string(&message.method);
-        w.lit(br#",\"args\":"#);
+        lit!(w, r#","args":"#);
         w.json(message.args.get().as_bytes());
         if let Some(ns) = &message.namespace {
-            w.lit(br#",\"namespace\":"#);
+            lit!(w, r#","namespace":"#);
             w.string(ns);
         }
         if let Some(v) = &message.version {
-            w.lit(br#",\"version\":"#);
+            lit!(w, r#","version":"#);
             w.string(v);
         }
         if fields.call {
-            w.lit(br#",\"_msg_id\":"#);
+            lit!(w, r#","_msg_id":"#);
             w.opt_string(fields.msg_id);
-            w.lit(br#",\"_reply_q\":"#);
+            lit!(w, r#","_reply_q":"#);
             w.opt_string(fields.reply_q);
-            w.lit(br#",\"_timeout\":"#);
+            lit!(w, r#","_timeout":"#);
             match fields.timeout {
                 Some(t) if t.is_finite() => {
                     serde_json::to_writer(&mut w, &t)?;
                 }
-                _ => w.lit(b"null"),
+                _ => lit!(w, "null"),
             }
         }
         if let Some(u) = fields.unique_id {
-            w.lit(br#",\"_unique_id\":"#);
+            lit!(w, r#","_unique_id":"#);
             w.string(u);
         }
         w.context(ctx)?;
-        w.lit(b"}");
+        lit!(w, "}");
     }
     Ok(wrap.finish(out))
 }
@@ -410,25 +454,25 @@ pub(crate) fn encode_reply(
     let mut out = wrap.start(128 + result.map_or(4, |r| r.get().len()));
     {
         let mut w = wrap.writer(&mut out);
-        w.lit(br#"{\"result\":"#);
+        lit!(w, r#"{"result":"#);
         match result {
             Some(r) => w.json(r.get().as_bytes()),
-            None => w.lit(b"null"),
+            None => lit!(w, "null"),
         }
-        w.lit(br#",\"failure\":"#);
+        lit!(w, r#","failure":"#);
         match failure {
             Some(f) => w.string(&f.to_failure_json()),
-            None => w.lit(b"null"),
+            None => lit!(w, "null"),
         }
-        w.lit(if ending {
-            br#",\"ending\":true,\"_msg_id\":"#.as_slice()
+        if ending {
+            lit!(w, r#","ending":true,"_msg_id":"#);
         } else {
-            br#",\"ending\":false,\"_msg_id\":"#.as_slice()
-        });
+            lit!(w, r#","ending":false,"_msg_id":"#);
+        }
         w.string(msg_id);
-        w.lit(br#",\"_unique_id\":"#);
+        lit!(w, r#","_unique_id":"#);
         w.string(unique_id);
-        w.lit(b"}");
+        lit!(w, "}");
     }
     Ok(wrap.finish(out))
 }
@@ -502,14 +546,12 @@ static SPECIAL: [bool; 256] = {
 };
 
 impl Esc<'_> {
-    /// Appends bytes that are already escaped for the envelope. (Every
-    /// literal's only escapes are `\"`, so a bare writer drops the
-    /// backslashes.)
-    fn lit(&mut self, bytes: &[u8]) {
+    /// Appends a literal (see [`lit!`]).
+    fn lit(&mut self, l: &Lit) {
         if self.bare {
-            self.out.extend(bytes.iter().filter(|&&b| b != b'\\'));
+            self.out.extend_from_slice(l.plain);
         } else {
-            self.out.extend_from_slice(bytes);
+            self.out.extend_from_slice(&l.escaped[..l.len]);
         }
     }
 
@@ -526,7 +568,7 @@ impl Esc<'_> {
     fn string(&mut self, s: &str) {
         if self.bare {
             self.out.push(b'"');
-            escape_into(self.out, s.as_bytes());
+            escape_str_into(self.out, s);
             self.out.push(b'"');
             return;
         }
@@ -539,18 +581,14 @@ impl Esc<'_> {
     /// escaped for the inner message, and that escape escaped again (once
     /// only when bare).
     fn string_body(&mut self, s: &str) {
-        let bytes = s.as_bytes();
         if self.bare {
-            escape_into(self.out, bytes);
+            escape_str_into(self.out, s);
             return;
         }
+        let bytes = s.as_bytes();
         let out = &mut *self.out;
-        // Most strings (ids, names, methods) need no escaping; this check
-        // has no early exit, so it runs vectorized.
-        let special = bytes.iter().fold(false, |acc, &b| {
-            acc | (b < 0x20) | (b == b'"') | (b == b'\\')
-        });
-        if !special {
+        // Most strings need no escaping (see `escape_str_into`).
+        if !needs_escape(bytes) {
             out.extend_from_slice(bytes);
             return;
         }
@@ -577,21 +615,21 @@ impl Esc<'_> {
     fn opt_string(&mut self, s: Option<&str>) {
         match s {
             Some(s) => self.string(s),
-            None => self.lit(b"null"),
+            None => lit!(self, "null"),
         }
     }
 
     /// Appends `,"_context_<key>":<value>` for each entry.
     fn context(&mut self, ctx: &Context) -> Result<(), WireError> {
         for (k, v) in ctx.iter() {
-            self.lit(br#",\"_context_"#);
+            lit!(self, r#","_context_"#);
             self.string_body(k);
-            self.lit(br#"\":"#);
+            lit!(self, r#"":"#);
             match v {
                 Value::String(s) => self.string(s),
-                Value::Null => self.lit(b"null"),
-                Value::Bool(true) => self.lit(b"true"),
-                Value::Bool(false) => self.lit(b"false"),
+                Value::Null => lit!(self, "null"),
+                Value::Bool(true) => lit!(self, "true"),
+                Value::Bool(false) => lit!(self, "false"),
                 other => serde_json::to_writer(&mut *self, other)?,
             }
         }
@@ -629,6 +667,24 @@ fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&bytes[start..]);
 }
 
+/// As [`escape_into`], for a string value: most (ids, names, methods) need
+/// no escaping, and a check with no early exit, which runs vectorized, finds
+/// that first.
+fn escape_str_into(out: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    if needs_escape(bytes) {
+        escape_into(out, bytes);
+    } else {
+        out.extend_from_slice(bytes);
+    }
+}
+
+fn needs_escape(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |acc, &b| {
+        acc | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
+}
+
 /// `u00XX` (the part of a `\u00XX` escape after the backslash).
 fn push_control_body(out: &mut Vec<u8>, b: u8) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -655,7 +711,10 @@ fn read_fields<R>(
     // A bare message is read in one pass. A body that turns out to be an
     // envelope after all (keys in another order, other spacing) is opened
     // by the general path.
-    let fields: Fields<'_> = serde_json::from_slice(body)?;
+    // One UTF-8 check of the whole body (vectorized) instead of one per
+    // string as `from_slice` does.
+    let text = std::str::from_utf8(body).map_err(|_| WireError::Invalid("body"))?;
+    let fields: Fields<'_> = serde_json::from_str(text)?;
     if !fields.enveloped {
         return read(fields);
     }
