@@ -156,7 +156,9 @@ fn truncate(s: &str, n: usize) -> &str {
 /// `payload`, `timestamp` and the context.
 ///
 /// Decoding is liberal as oslo's is: a body that is a JSON object without the
-/// envelope keys is taken as the message itself (format 1.0).
+/// envelope keys is taken as the message itself (format 1.0), read in one
+/// pass. An in-process transport can send such bare bodies
+/// ([`InprocTransport::with_envelope`](crate::InprocTransport::with_envelope)).
 ///
 /// Encoding writes the inner message straight into the envelope's string,
 /// escaping as it goes: one pass, one buffer.
