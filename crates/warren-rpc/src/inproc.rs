@@ -9,9 +9,8 @@ use std::task::Poll;
 use parking_lot::{Mutex, RwLock};
 use tokio::task::JoinHandle;
 use warren_core::{
-    BasicProperties, Broker, ConsumeOptions, Consumer, Delivery, Error as CoreError,
-    ExchangeDeclareOptions, ExchangeKind, FieldTable, Message, PublishError, QueueDeclareOptions,
-    QueueDeleteOptions, Recv,
+    Broker, ConsumeOptions, Consumer, Delivery, Error as CoreError, ExchangeDeclareOptions,
+    ExchangeKind, FieldTable, Message, PublishError, QueueDeclareOptions, QueueDeleteOptions, Recv,
 };
 
 use crate::context::Context;
@@ -344,6 +343,17 @@ async fn read_replies(
     }
 }
 
+/// A message with this JSON body, typed as oslo's kombu producer types it
+/// (`application/json`, `utf-8`): a Python service reading the broker
+/// through warren-wire decodes it by its content type, and takes an untyped
+/// body for opaque bytes.
+fn json_message(body: Vec<u8>) -> Message {
+    let mut m = Message::new(body);
+    m.properties.content_type = Some("application/json".to_owned());
+    m.properties.content_encoding = Some("utf-8".to_owned());
+    m
+}
+
 impl Transport for InprocTransport {
     fn url(&self) -> &str {
         &self.url
@@ -390,7 +400,7 @@ impl Transport for InprocTransport {
                     exchange,
                     kind,
                     routing_key,
-                    Message::new(body),
+                    json_message(body),
                     options.mandatory,
                 )?;
                 return Ok(None);
@@ -411,11 +421,11 @@ impl Transport for InprocTransport {
                 self.wrap,
             )
             .map_err(|e| TransportError::Encode(e.to_string()))?;
-            let mut msg = Message::new(body);
+            let mut msg = json_message(body);
             if let Some(t) = options.timeout {
                 // As oslo: a call's request lives no longer than its timeout.
                 let ms = t.as_millis().max(1);
-                msg.properties = BasicProperties::default().with_expiration(ms.to_string());
+                msg.properties.expiration = Some(ms.to_string());
             }
             self.publish(exchange, kind, routing_key, msg, options.mandatory)?;
             let reply = wait.wait().await?;
@@ -450,7 +460,7 @@ impl Transport for InprocTransport {
                 exchange,
                 ExchangeKind::Topic,
                 &key,
-                Message::new(body.clone()),
+                json_message(body.clone()),
                 true,
             ) {
                 Err(TransportError::Unroutable { .. }) => {
@@ -460,7 +470,7 @@ impl Transport for InprocTransport {
                         exchange,
                         ExchangeKind::Topic,
                         &key,
-                        Message::new(body),
+                        json_message(body),
                         false,
                     )
                 }
@@ -706,7 +716,7 @@ impl InprocResponder {
     /// gone.
     fn send(&self, body: Result<Vec<u8>, WireError>) -> Result<bool, TransportError> {
         let body = body.map_err(|e| TransportError::Encode(e.to_string()))?;
-        match self.broker.publish("", &self.reply_q, Message::new(body)) {
+        match self.broker.publish("", &self.reply_q, json_message(body)) {
             Ok(p) => Ok(!p.is_unroutable()),
             Err(e) => Err(TransportError::Broker(e.error().cloned().unwrap_or_else(
                 || CoreError::PreconditionFailed("queue full".into()),

@@ -598,6 +598,102 @@ async fn rust_notifications_reach_a_python_listener() {
     python.stop().await;
 }
 
+/// The bare bodies an in-process transport sends with
+/// `with_envelope(false)` (oslo's format 1.0) are oslo's: made by warren
+/// in process, then put on the broker as they are, a Python RPC server takes
+/// the cast and a Python listener the notification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warrens_bare_bodies_reach_python_services() {
+    let Some((url, py)) = setup("warrens_bare_bodies_reach_python_services") else {
+        return;
+    };
+    let topic = format!("interop-bare{}", unique_suffix());
+    let notes = format!("interop-bare-notes{}", unique_suffix());
+    let mut python = py
+        .server(&[
+            "--topic",
+            &topic,
+            "--servers",
+            "b1",
+            "--notify-topic",
+            &notes,
+        ])
+        .await;
+
+    // The bodies, as a bare in-process transport sends them.
+    let broker = warren_core::Broker::new();
+    let bare: Arc<dyn Transport> =
+        Arc::new(warren_rpc::InprocTransport::new(broker.clone()).with_envelope(false));
+    broker
+        .declare_exchange(
+            "openstack",
+            warren_core::ExchangeKind::Topic,
+            Default::default(),
+        )
+        .unwrap();
+    broker.declare_queue("probe", Default::default()).unwrap();
+    broker
+        .bind_queue("probe", "openstack", &topic, &Default::default())
+        .unwrap();
+    let ctx = Context::new()
+        .with("user", "carol")
+        .with("request_id", "req-bare");
+    // (version 2.0: oslo_server.py's endpoint is 2.3; none would mean 1.0)
+    RpcClient::new(
+        bare.clone(),
+        Target::new(&topic).with_version(Version::new(2, 0)),
+    )
+    .cast(&ctx, "record", &json!({"k": 7, "s": "déjà \"vu\""}))
+    .await
+    .unwrap();
+    Notifier::new(bare.clone(), "volume.barehost")
+        .with_topics([notes.clone()])
+        .info(&ctx, "volume.bare", &json!({"size": 1}))
+        .await
+        .unwrap();
+    // Each body with its content type and encoding, which Python's kombu
+    // decodes it by.
+    let take = |queue: &str| {
+        let d = broker
+            .get(queue, warren_core::GetOptions::default())
+            .unwrap()
+            .expect("a body");
+        let p = d.properties();
+        let mut props = common::amqp_probe::BasicProperties::default();
+        if let Some(t) = &p.content_type {
+            props = props.with_content_type(t.as_str().into());
+        }
+        if let Some(e) = &p.content_encoding {
+            props = props.with_content_encoding(e.as_str().into());
+        }
+        let body = d.body().to_vec();
+        d.ack();
+        (body, props)
+    };
+    let (cast, note) = (take("probe"), take(&format!("{notes}.info")));
+    for (body, _) in [&cast, &note] {
+        let v: Value = serde_json::from_slice(body).unwrap();
+        assert!(v.get("oslo.version").is_none(), "not bare: {v}");
+    }
+
+    // On the real broker, as they are.
+    common::amqp_probe::publish_with(&url, "openstack", &topic, &cast.0, cast.1).await;
+    let key = format!("{notes}.info");
+    common::amqp_probe::publish_with(&url, "openstack", &key, &note.0, note.1).await;
+    let mut got = [python.event().await, python.event().await];
+    got.sort_by(|a, b| a["event"].as_str().cmp(&b["event"].as_str()));
+    let (cast, note) = (&got[0], &got[1]);
+    assert_eq!(cast["event"], "cast", "{cast}");
+    assert_eq!(cast["args"], json!({"k": 7, "s": "déjà \"vu\""}));
+    assert_eq!(cast["ctx"]["user"], "carol");
+    assert_eq!(note["event"], "notification", "{note}");
+    assert_eq!(note["event_type"], "volume.bare");
+    assert_eq!(note["publisher_id"], "volume.barehost");
+    assert_eq!(note["payload"], json!({"size": 1}));
+    assert_eq!(note["ctx"]["request_id"], "req-bare");
+    python.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_client_with_a_call_monitor_timeout_calls_a_slow_rust_handler() {
     let Some((url, py)) =

@@ -337,7 +337,8 @@ macro_rules! each_transport {
 pub mod amqp_probe {
     use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    pub use lapin::BasicProperties;
+    use lapin::{Connection, ConnectionProperties};
 
     /// A connection to `url`.
     pub async fn connect(url: &str) -> Connection {
@@ -367,6 +368,17 @@ pub mod amqp_probe {
 
     /// Publishes `body` with confirms.
     pub async fn publish(url: &str, exchange: &str, routing_key: &str, body: &[u8]) {
+        publish_with(url, exchange, routing_key, body, BasicProperties::default()).await
+    }
+
+    /// Publishes `body` with these properties, with confirms.
+    pub async fn publish_with(
+        url: &str,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) {
         let conn = connect(url).await;
         let ch = conn.create_channel().await.expect("probe channel");
         ch.confirm_select(ConfirmSelectOptions::default())
@@ -377,7 +389,7 @@ pub mod amqp_probe {
             routing_key.into(),
             BasicPublishOptions::default(),
             body,
-            BasicProperties::default(),
+            properties,
         )
         .await
         .expect("publish")
