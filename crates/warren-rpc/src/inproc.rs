@@ -27,8 +27,8 @@ use crate::transport::{
 };
 use crate::util::{log_debug, log_warn, random_hex, IdGen};
 use crate::wire::{
-    encode_reply, encode_request, RequestFields, RpcMessage, WireError, WireNotification,
-    WireRequest, Wrap,
+    encode_answer, encode_heartbeat, encode_request, RequestFields, RpcMessage, WireError,
+    WireNotification, WireRequest, Wrap,
 };
 
 const DEFAULT_EXCHANGE: &str = "openstack";
@@ -728,24 +728,7 @@ impl InprocResponder {
 impl Responder for InprocResponder {
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.ids.next();
-        let body = match &reply {
-            Reply::Result(r) => encode_reply(
-                Some(r),
-                None,
-                true,
-                &self.msg_id,
-                unique_id.as_str(),
-                self.wrap,
-            ),
-            Reply::Failure(f) => encode_reply(
-                None,
-                Some(f),
-                true,
-                &self.msg_id,
-                unique_id.as_str(),
-                self.wrap,
-            ),
-        };
+        let body = encode_answer(&reply, &self.msg_id, unique_id.as_str(), self.wrap);
         let result = self.send(body).map(|routed| {
             if !routed {
                 bump(&self.stats.undeliverable_replies);
@@ -757,14 +740,7 @@ impl Responder for InprocResponder {
 
     fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.ids.next();
-        let body = encode_reply(
-            None,
-            None,
-            false,
-            &self.msg_id,
-            unique_id.as_str(),
-            self.wrap,
-        );
+        let body = encode_heartbeat(&self.msg_id, unique_id.as_str(), self.wrap);
         let result = match self.send(body) {
             Ok(true) => Ok(()),
             Ok(false) => Err(TransportError::Unroutable {

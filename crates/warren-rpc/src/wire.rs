@@ -445,6 +445,30 @@ pub(crate) fn encode_request(
     Ok(wrap.finish(out))
 }
 
+/// A call's final reply (`ending: true`) with the handler's result or
+/// failure.
+pub(crate) fn encode_answer(
+    reply: &crate::transport::Reply,
+    msg_id: &str,
+    unique_id: &str,
+    wrap: Wrap,
+) -> Result<Vec<u8>, WireError> {
+    use crate::transport::Reply;
+    match reply {
+        Reply::Result(r) => encode_reply(Some(r), None, true, msg_id, unique_id, wrap),
+        Reply::Failure(f) => encode_reply(None, Some(f), true, msg_id, unique_id, wrap),
+    }
+}
+
+/// A call-monitor heartbeat: a reply with `ending: false` and no result.
+pub(crate) fn encode_heartbeat(
+    msg_id: &str,
+    unique_id: &str,
+    wrap: Wrap,
+) -> Result<Vec<u8>, WireError> {
+    encode_reply(None, None, false, msg_id, unique_id, wrap)
+}
+
 pub(crate) fn encode_reply(
     result: Option<&RawValue>,
     failure: Option<&RemoteError>,

@@ -624,17 +624,7 @@ async fn warrens_bare_bodies_reach_python_services() {
     let broker = warren_core::Broker::new();
     let bare: Arc<dyn Transport> =
         Arc::new(warren_rpc::InprocTransport::new(broker.clone()).with_envelope(false));
-    broker
-        .declare_exchange(
-            "openstack",
-            warren_core::ExchangeKind::Topic,
-            Default::default(),
-        )
-        .unwrap();
-    broker.declare_queue("probe", Default::default()).unwrap();
-    broker
-        .bind_queue("probe", "openstack", &topic, &Default::default())
-        .unwrap();
+    common::probe(&broker, "openstack", &topic);
     let ctx = Context::new()
         .with("user", "carol")
         .with("request_id", "req-bare");

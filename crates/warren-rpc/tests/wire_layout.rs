@@ -297,17 +297,7 @@ async fn requests_are_oslo_envelopes_and_python_style_replies_complete_calls() {
 #[tokio::test]
 async fn casts_and_fanout_casts_have_no_reply_fields() {
     let (t, broker) = fresh();
-    broker.declare_queue("probe", Default::default()).unwrap();
-    broker
-        .declare_exchange(
-            "openstack",
-            warren_core::ExchangeKind::Topic,
-            Default::default(),
-        )
-        .unwrap();
-    broker
-        .bind_queue("probe", "openstack", "#", &Default::default())
-        .unwrap();
+    common::probe(&broker, "openstack", "#");
     let c = RpcClient::new(t.clone(), Target::new("compute"));
     c.cast(
         &Context::new().with("user", "u"),
@@ -442,17 +432,7 @@ async fn a_bare_transport_sends_the_message_without_the_envelope() {
     let bare: Arc<dyn Transport> =
         Arc::new(InprocTransport::new(broker.clone()).with_envelope(false));
     let wrapped: Arc<dyn Transport> = Arc::new(InprocTransport::new(broker.clone()));
-    broker.declare_queue("probe", Default::default()).unwrap();
-    broker
-        .declare_exchange(
-            "openstack",
-            warren_core::ExchangeKind::Topic,
-            Default::default(),
-        )
-        .unwrap();
-    broker
-        .bind_queue("probe", "openstack", "compute", &Default::default())
-        .unwrap();
+    common::probe(&broker, "openstack", "compute");
 
     RpcClient::new(bare.clone(), Target::new("compute"))
         .cast(

@@ -25,7 +25,7 @@ use crate::transport::{
     Acknowledger, BoxFuture, IncomingCall, IncomingNotification, Listener, Reply, Responder,
 };
 use crate::util::{log_debug, log_warn, random_hex};
-use crate::wire::{encode_reply, WireNotification, WireRequest, Wrap};
+use crate::wire::{encode_answer, encode_heartbeat, WireNotification, WireRequest, Wrap};
 
 /// How long a reply may wait for the connection to come back before it is
 /// given up (oslo's `kombu_missing_consumer_retry_timeout`).
@@ -480,25 +480,8 @@ impl Responder for AmqpResponder {
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
         Box::pin(async move {
             let (_, unique_id) = self.shared.ids.next();
-            let body = match &reply {
-                Reply::Result(r) => encode_reply(
-                    Some(r),
-                    None,
-                    true,
-                    &self.msg_id,
-                    unique_id.as_str(),
-                    Wrap::Envelope,
-                ),
-                Reply::Failure(f) => encode_reply(
-                    None,
-                    Some(f),
-                    true,
-                    &self.msg_id,
-                    unique_id.as_str(),
-                    Wrap::Envelope,
-                ),
-            }
-            .map_err(|e| TransportError::Encode(e.to_string()))?;
+            let body = encode_answer(&reply, &self.msg_id, unique_id.as_str(), Wrap::Envelope)
+                .map_err(|e| TransportError::Encode(e.to_string()))?;
             if send_reply(&self.shared, &self.reply_q, &body).await? == Delivered::Returned {
                 bump(&self.shared.stats.undeliverable_replies);
                 log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
@@ -509,14 +492,7 @@ impl Responder for AmqpResponder {
 
     fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.shared.ids.next();
-        let body = encode_reply(
-            None,
-            None,
-            false,
-            &self.msg_id,
-            unique_id.as_str(),
-            Wrap::Envelope,
-        );
+        let body = encode_heartbeat(&self.msg_id, unique_id.as_str(), Wrap::Envelope);
         let shared = self.shared.clone();
         let reply_q = self.reply_q.clone();
         Box::pin(async move {

@@ -69,6 +69,22 @@ pub fn amqp_url(test: &str) -> Option<String> {
     }
 }
 
+/// Declares the topic exchange `exchange` and a queue `probe` bound to it
+/// with `key`, on an in-process broker: to look at what is published there.
+pub fn probe(broker: &Broker, exchange: &str, key: &str) {
+    broker
+        .declare_exchange(
+            exchange,
+            warren_core::ExchangeKind::Topic,
+            Default::default(),
+        )
+        .unwrap();
+    broker.declare_queue("probe", Default::default()).unwrap();
+    broker
+        .bind_queue("probe", exchange, key, &Default::default())
+        .unwrap();
+}
+
 /// A short random suffix that keeps one test's names apart from another's
 /// on a shared broker.
 pub fn unique_suffix() -> String {
