@@ -10,6 +10,9 @@
 //! - `auto_ack`: 1000 publishes, received by a no-ack consumer on another
 //!   connection;
 //! - `auto_ack_pipelined`: the same with up to 256 publishes in flight;
+//! - `auto_ack_amqprs`: the same with the amqprs client (publisher and
+//!   no-ack consumer on two connections), whose publishes return once
+//!   queued for its writer;
 //! - `auto_ack_4conn`: the same 1000 split over 4 pairs running in
 //!   parallel, each a publisher connection, its own queue and its own no-ack
 //!   consumer connection;
@@ -217,6 +220,32 @@ struct Target {
     topic_queues: Vec<String>,
     topic_keys: Vec<String>,
     topic_deliveries: usize,
+    /// amqprs, the other Rust client: a publisher and a consumer channel,
+    /// each on its own connection.
+    prs_publisher: amqprs::channel::Channel,
+    prs_consumer: amqprs::channel::Channel,
+    _prs_conns: [amqprs::connection::Connection; 2],
+}
+
+/// An amqprs connection to the host and port of `url`
+/// (`amqp://guest:guest@host:port/...`), and a channel on it.
+async fn amqprs_channel(url: &str) -> (amqprs::connection::Connection, amqprs::channel::Channel) {
+    let authority = url
+        .split_once('@')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("amqp://user:pass@host:port/ URL");
+    let (host, port) = authority.rsplit_once(':').expect("host:port");
+    let args = amqprs::connection::OpenConnectionArguments::new(
+        host,
+        port.parse().expect("port"),
+        "guest",
+        "guest",
+    );
+    let conn = amqprs::connection::Connection::open(&args)
+        .await
+        .expect("amqprs connect");
+    let ch = conn.open_channel(None).await.expect("amqprs channel");
+    (conn, ch)
 }
 
 async fn target(name: &'static str, url: &str, tag: &str, spec: &TopicSpec) -> Target {
@@ -299,6 +328,8 @@ async fn target(name: &'static str, url: &str, tag: &str, spec: &TopicSpec) -> T
             .await
             .expect("bind");
     }
+    let (prs_pub_conn, prs_publisher) = amqprs_channel(url).await;
+    let (prs_con_conn, prs_consumer) = amqprs_channel(url).await;
     Target {
         name,
         publisher,
@@ -314,6 +345,9 @@ async fn target(name: &'static str, url: &str, tag: &str, spec: &TopicSpec) -> T
         topic_queues,
         topic_keys: spec.keys.clone(),
         topic_deliveries: spec.deliveries,
+        prs_publisher,
+        prs_consumer,
+        _prs_conns: [prs_pub_conn, prs_con_conn],
     }
 }
 
@@ -730,6 +764,43 @@ async fn rpc_p50(t: &Target) -> Duration {
     times[times.len() / 2] * ROUNDTRIPS as u32
 }
 
+/// `auto_ack` with amqprs for both publisher and consumer. An amqprs publish
+/// returns once its frames are queued for the connection's writer, so its
+/// publishes are in flight without the caller keeping them.
+async fn auto_ack_amqprs(t: &Target) -> Duration {
+    use amqprs::channel::{BasicCancelArguments, BasicConsumeArguments, BasicPublishArguments};
+    const TAG: &str = "bench-amqprs";
+    let (_, mut deliveries) = t
+        .prs_consumer
+        .basic_consume_rx(BasicConsumeArguments {
+            no_ack: true,
+            ..BasicConsumeArguments::new(&t.queue, TAG)
+        })
+        .await
+        .expect("amqprs consume");
+    let publish = BasicPublishArguments::new("", &t.queue);
+    let start = Instant::now();
+    for _ in 0..BATCH {
+        t.prs_publisher
+            .basic_publish(
+                amqprs::BasicProperties::default(),
+                BODY.to_vec(),
+                publish.clone(),
+            )
+            .await
+            .expect("amqprs publish");
+    }
+    for _ in 0..BATCH {
+        deliveries.recv().await.expect("amqprs delivery");
+    }
+    let d = start.elapsed();
+    t.prs_consumer
+        .basic_cancel(BasicCancelArguments::new(TAG))
+        .await
+        .expect("amqprs cancel");
+    d
+}
+
 /// `ROUNDTRIPS` sequential publish → deliver round trips.
 async fn roundtrip(t: &Target) -> Duration {
     let cch = t.consumer_conn.create_channel().await.expect("channel");
@@ -761,7 +832,7 @@ type Workload = for<'a> fn(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Duration> + 'a>>;
 
 /// (name, messages per run, workload), in report order.
-const WORKLOADS: [(&str, usize, Workload); 17] = [
+const WORKLOADS: [(&str, usize, Workload); 18] = [
     ("confirms", BATCH, |t, ch| Box::pin(confirms(t, ch, 1))),
     ("confirms_pipelined", BATCH, |t, ch| {
         Box::pin(confirms(t, ch, PIPELINE))
@@ -771,6 +842,7 @@ const WORKLOADS: [(&str, usize, Workload); 17] = [
     ("auto_ack_pipelined", BATCH, |t, _| {
         Box::pin(auto_ack(t, PIPELINE))
     }),
+    ("auto_ack_amqprs", BATCH, |t, _| Box::pin(auto_ack_amqprs(t))),
     ("auto_ack_4conn", BATCH, |t, _| {
         Box::pin(pairs(t, Pair::AutoAck, BATCH, 1))
     }),
