@@ -842,7 +842,9 @@ const WORKLOADS: [(&str, usize, Workload); 18] = [
     ("auto_ack_pipelined", BATCH, |t, _| {
         Box::pin(auto_ack(t, PIPELINE))
     }),
-    ("auto_ack_amqprs", BATCH, |t, _| Box::pin(auto_ack_amqprs(t))),
+    ("auto_ack_amqprs", BATCH, |t, _| {
+        Box::pin(auto_ack_amqprs(t))
+    }),
     ("auto_ack_4conn", BATCH, |t, _| {
         Box::pin(pairs(t, Pair::AutoAck, BATCH, 1))
     }),
@@ -965,6 +967,9 @@ fn main() {
         .thread_name("bench-client")
         .build()
         .expect("client runtime");
+    // amqprs closes a channel from a task it spawns when the channel is
+    // dropped: the targets are dropped (at the end) in the runtime's context.
+    let _client_context = rt.enter();
     let broker = Broker::new();
     let server = server_rt
         .block_on(Server::bind(
