@@ -734,11 +734,10 @@ fn read_fields<R>(
     if let Some(inner) = open_envelope_fast(body) {
         return read(serde_json::from_str(&inner)?);
     }
-    // A bare message is read in one pass. A body that turns out to be an
-    // envelope after all (keys in another order, other spacing) is opened
-    // by the general path.
-    // One UTF-8 check of the whole body (vectorized) instead of one per
-    // string as `from_slice` does.
+    // A bare message is read in one pass (after one vectorized UTF-8 check
+    // of the whole body, instead of one per string as `from_slice` makes).
+    // A body that turns out to be an envelope after all (keys in another
+    // order, other spacing) is opened by the general path.
     let text = std::str::from_utf8(body).map_err(|_| WireError::Invalid("body"))?;
     let fields: Fields<'_> = serde_json::from_str(text)?;
     if !fields.enveloped {
@@ -768,9 +767,9 @@ fn open_envelope_fast(body: &[u8]) -> Option<String> {
     ];
     let rest = HEADS.iter().find_map(|h| body.strip_prefix(*h))?;
     // Copied into a buffer of the largest size it can need (unescaping only
-    // shrinks), eight bytes at a time while none of them is special, else
-    // byte by byte: the inner text is short and full of escapes, so this
-    // beats finding the runs between them and copying each.
+    // shrinks): eight bytes at a time up to the next special byte, which the
+    // byte path below takes. Runs between escapes are short here, so fixed
+    // eight-byte copies beat a search and a copy per run.
     let mut out = vec![0u8; rest.len()];
     let mut n = 0;
     let mut i = 0;
