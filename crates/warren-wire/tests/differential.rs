@@ -1005,8 +1005,19 @@ async fn same_answers_as_rabbitmq() {
                 run(rabbit, sc, &format!("{prefix}dbg")).await
             );
         }
-        let ours = run(env.addr(), sc, &prefix).await;
-        let theirs = run(rabbit, sc, &prefix).await;
+        let mut ours = run(env.addr(), sc, &prefix).await;
+        let mut theirs = run(rabbit, sc, &prefix).await;
+        if ours != theirs {
+            // Once more, with fresh names, before calling it a difference: a
+            // RabbitMQ just started on a loaded CI machine has once answered
+            // a scenario differently from every run before and after it
+            // (`exclusive consumer`: 403 for the first exclusive consume of
+            // a fresh queue). A real difference shows twice.
+            eprintln!("  differs; running it again with fresh names");
+            let again = format!("{prefix}r");
+            ours = run(env.addr(), sc, &again).await;
+            theirs = run(rabbit, sc, &again).await;
+        }
         if ours != theirs {
             let known = KNOWN_DIFFERENCES.iter().find(|(n, _)| *n == sc.name);
             let mut report = format!(
