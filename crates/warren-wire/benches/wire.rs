@@ -351,6 +351,22 @@ async fn target(name: &'static str, url: &str, tag: &str, spec: &TopicSpec) -> T
     }
 }
 
+/// A consumer of `queue` on `ch` (server-chosen tag), acking itself when
+/// `no_ack`.
+async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> lapin::Consumer {
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions {
+            no_ack,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("consume")
+}
+
 async fn publish(ch: &Channel, queue: &str) -> lapin::PublisherConfirm {
     publish_to(ch, "", queue, &BODY).await
 }
@@ -503,15 +519,7 @@ async fn manual_ack(t: &Target, ack_every: usize, window: usize) -> Duration {
     cch.basic_qos(PREFETCH, BasicQosOptions::default())
         .await
         .expect("qos");
-    let mut consumer = cch
-        .basic_consume(
-            t.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume(&cch, &t.queue, false).await;
     let start = Instant::now();
     publish_n(&t.publisher, &t.queue, MANUAL, window).await;
     let mut acks = Acks::new(window);
@@ -551,18 +559,7 @@ async fn pairs(t: &Target, mode: Pair, n: usize, window: usize) -> Duration {
                 .await
                 .expect("qos");
         }
-        let consumer = cch
-            .basic_consume(
-                queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: !manual,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let consumer = consume(&cch, queue, !manual).await;
         consumers.push((cch, consumer));
     }
     let start = Instant::now();
@@ -611,18 +608,7 @@ async fn topic(t: &Target, window: usize) -> Duration {
     let mut merged: Option<futures_lite::stream::Boxed<lapin::Result<lapin::message::Delivery>>> =
         None;
     for q in &t.topic_queues {
-        let c = cch
-            .basic_consume(
-                q.as_str().into(),
-                "".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let c = consume(&cch, q, true).await;
         merged = Some(match merged {
             None => c.boxed(),
             Some(m) => m.or(c).boxed(),
@@ -659,18 +645,7 @@ async fn topic(t: &Target, window: usize) -> Duration {
 /// `BATCH` publishes received by a no-ack consumer on another connection.
 async fn auto_ack(t: &Target, window: usize) -> Duration {
     let cch = t.consumer_conn.create_channel().await.expect("channel");
-    let mut consumer = cch
-        .basic_consume(
-            t.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume(&cch, &t.queue, true).await;
     let start = Instant::now();
     publish_n(&t.publisher, &t.queue, BATCH, window).await;
     for _ in 0..BATCH {
@@ -686,18 +661,7 @@ async fn auto_ack(t: &Target, window: usize) -> Duration {
 /// `ROUNDTRIPS` × the median round trip.
 async fn rpc_p50(t: &Target) -> Duration {
     let server_ch = t.consumer_conn.create_channel().await.expect("channel");
-    let mut requests = server_ch
-        .basic_consume(
-            t.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("server consume");
+    let mut requests = consume(&server_ch, &t.queue, true).await;
     let server = {
         let ch = server_ch.clone();
         tokio::spawn(async move {
@@ -721,18 +685,7 @@ async fn rpc_p50(t: &Target) -> Duration {
         })
     };
     let client_ch = t._conn.create_channel().await.expect("channel");
-    let mut replies = client_ch
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("reply consumer");
+    let mut replies = consume(&client_ch, "amq.rabbitmq.reply-to", true).await;
     let mut times = Vec::with_capacity(ROUNDTRIPS);
     for i in 0..ROUNDTRIPS {
         let id = format!("call-{i}");
@@ -804,18 +757,7 @@ async fn auto_ack_amqprs(t: &Target) -> Duration {
 /// `ROUNDTRIPS` sequential publish → deliver round trips.
 async fn roundtrip(t: &Target) -> Duration {
     let cch = t.consumer_conn.create_channel().await.expect("channel");
-    let mut consumer = cch
-        .basic_consume(
-            t.queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume(&cch, &t.queue, true).await;
     let start = Instant::now();
     for _ in 0..ROUNDTRIPS {
         publish(&t.publisher, &t.queue).await;
