@@ -10,9 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 
 use common::{code, start_with, text, within, Env};
 use futures_lite::StreamExt;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::BasicProperties;
 use warren_core::{Broker, BrokerOptions};
@@ -144,26 +142,10 @@ async fn virtual_hosts_do_not_see_each_other() {
     assert_eq!(code(&err), Some(404), "{err:?}");
 
     // publishing to it from b, mandatory: returned, a's queue untouched
-    let ch_b = within(conn_b.create_channel()).await.unwrap();
-    within(ch_b.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
-    let confirm = within(ch_b.basic_publish(
-        "".into(),
-        "private".into(),
-        BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        },
-        b"for a",
-        BasicProperties::default(),
-    ))
-    .await
-    .unwrap();
-    let confirmation = within(confirm).await.unwrap();
-    assert!(confirmation.is_ack());
-    let returned = confirmation.take_message().expect("returned message");
-    assert_eq!(returned.reply_code, 312);
+    assert_eq!(
+        common::publish_mandatory(&conn_b, "private", b"for a").await,
+        Some(312)
+    );
     assert_eq!(a.queue_stats("private").unwrap().enqueued, 0);
 
     // a direct reply-to address handed out in a is no address in b
@@ -200,6 +182,7 @@ async fn virtual_hosts_do_not_see_each_other() {
     })
     .await;
     assert!(address.starts_with("amq.rabbitmq.reply-to."));
+    let ch_b = within(conn_b.create_channel()).await.unwrap();
     let err = within(ch_b.queue_declare(
         address.as_str().into(),
         QueueDeclareOptions {
@@ -211,24 +194,10 @@ async fn virtual_hosts_do_not_see_each_other() {
     .await
     .unwrap_err();
     assert_eq!(code(&err), Some(404), "{err:?}");
-    let ch_b = within(conn_b.create_channel()).await.unwrap();
-    within(ch_b.confirm_select(ConfirmSelectOptions::default()))
-        .await
-        .unwrap();
-    let confirm = within(ch_b.basic_publish(
-        "".into(),
-        address.as_str().into(),
-        BasicPublishOptions {
-            mandatory: true,
-            ..Default::default()
-        },
-        b"not for you",
-        BasicProperties::default(),
-    ))
-    .await
-    .unwrap();
-    let confirmation = within(confirm).await.unwrap();
-    assert_eq!(confirmation.take_message().map(|m| m.reply_code), Some(312));
+    assert_eq!(
+        common::publish_mandatory(&conn_b, &address, b"not for you").await,
+        Some(312)
+    );
     // from a, the same address works
     within(ch_a.basic_publish(
         "".into(),

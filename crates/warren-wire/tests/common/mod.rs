@@ -16,6 +16,29 @@ use tokio::net::TcpStream;
 use warren_core::Broker;
 use warren_wire::{Server, ServerConfig};
 
+/// Publishes `body` with `mandatory` to the default exchange under
+/// `routing_key` on a fresh confirm-mode channel of `conn`; the confirm must
+/// be an ack. Returns the `basic.return`'s reply code, `None` if routed.
+pub async fn publish_mandatory(conn: &Connection, routing_key: &str, body: &[u8]) -> Option<u16> {
+    let ch = within(conn.create_channel()).await.unwrap();
+    within(ch.confirm_select(Default::default())).await.unwrap();
+    let confirm = within(ch.basic_publish(
+        "".into(),
+        routing_key.into(),
+        lapin::options::BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        },
+        body,
+        lapin::BasicProperties::default(),
+    ))
+    .await
+    .unwrap();
+    let confirmation = within(confirm).await.unwrap();
+    assert!(confirmation.is_ack(), "{confirmation:?}");
+    confirmation.take_message().map(|m| m.reply_code)
+}
+
 /// How long any single awaited event may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(20);
 
