@@ -21,14 +21,16 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use warren_rpc::{
     Context, Endpoint, HandlerError, ListenOptions, PrepareOptions, RpcClient, RpcError, RpcServer,
-    Target,
+    Target, Transport,
 };
 
 use common::{fresh, within};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
-/// `slow` sleeps for `minutes` (on the paused clock: virtual minutes).
+/// `slow` sleeps for `minutes` (on the paused clock: virtual minutes). The
+/// sleep is the handler's work, the slow call under test, not a test
+/// waiting for something to settle.
 fn sleepy() -> Endpoint {
     Endpoint::new().method("slow", |_ctx: Context, a: serde_json::Value| async move {
         let minutes = a["minutes"].as_u64().unwrap_or(0);
@@ -37,15 +39,21 @@ fn sleepy() -> Endpoint {
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn heartbeats_keep_a_slow_call_alive_past_its_call_monitor_timeout() {
-    let (t, _) = fresh();
+/// A started server on topic `slow`, server `s1`, with [`sleepy`].
+async fn slow_server(t: &Arc<dyn Transport>) -> RpcServer {
     let s = RpcServer::new(
         t.clone(),
         Target::new("slow").with_server("s1"),
         vec![sleepy()],
     );
     s.start().await.unwrap();
+    s
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_keep_a_slow_call_alive_past_its_call_monitor_timeout() {
+    let (t, _) = fresh();
+    let s = slow_server(&t).await;
     let client = RpcClient::new(t.clone(), Target::new("slow"))
         .with_timeout(60 * MINUTE)
         .with_call_monitor_timeout(MINUTE);
@@ -76,12 +84,7 @@ async fn heartbeats_keep_a_slow_call_alive_past_its_call_monitor_timeout() {
 #[tokio::test(start_paused = true)]
 async fn the_timeout_still_bounds_a_heartbeating_call() {
     let (t, _) = fresh();
-    let s = RpcServer::new(
-        t.clone(),
-        Target::new("slow").with_server("s1"),
-        vec![sleepy()],
-    );
-    s.start().await.unwrap();
+    let s = slow_server(&t).await;
     let client = RpcClient::new(t, Target::new("slow"))
         .with_timeout(10 * MINUTE)
         .with_call_monitor_timeout(MINUTE);
