@@ -343,7 +343,7 @@ thread_local! {
 /// A message routed and ready to offer to its queues.
 struct Prepared {
     exchange: Arc<Exchange>,
-    content: Arc<Content>,
+    content: Content,
     ttl: Option<u64>,
     /// The headers as published, when routing changed them (`BCC` removed).
     original_headers: Option<FieldTable>,
@@ -1557,7 +1557,9 @@ impl BrokerInner {
             }
         }
         let mut out = Published::default();
-        for q in queues.iter() {
+        let mut p = p;
+        let n = queues.len();
+        for (i, q) in queues.iter().enumerate() {
             loop {
                 let now = q.now_if_timed(p.ttl);
                 let mut after = AfterUnlock::default();
@@ -1566,7 +1568,8 @@ impl BrokerInner {
                     let mut st = q.lock();
                     let r = q.offer(
                         &mut st,
-                        &p.content,
+                        &mut p.content,
+                        i + 1 == n,
                         q.deadline(now, p.ttl),
                         now,
                         wait == Wait::Never,
@@ -1649,7 +1652,7 @@ impl BrokerInner {
             queues.retain(|q| !is_cycle(&q.name, deaths));
         }
         let rk = routing_key.as_deref().unwrap_or(content.routing_key());
-        let content = Content::new(
+        let mut content = Content::new(
             &x.name,
             rk,
             &mut Message {
@@ -1666,12 +1669,13 @@ impl BrokerInner {
             },
         );
         let mut out = Published::default();
-        for q in &queues {
+        for (i, q) in queues.iter().enumerate() {
             let now = self.now();
             let mut after = AfterUnlock::default();
             let r = q.offer(
                 &mut q.lock(),
-                &content,
+                &mut content,
+                i + 1 == queues.len(),
                 q.deadline(now, None),
                 now,
                 true,
@@ -1999,7 +2003,8 @@ impl Future for PublishAsync {
                 let mut st = q.lock();
                 let r = q.offer(
                     &mut st,
-                    &p.content,
+                    &mut p.content,
+                    this.next + 1 == this.queues.len(),
                     q.deadline(now, p.ttl),
                     now,
                     false,

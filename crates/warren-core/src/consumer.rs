@@ -63,17 +63,31 @@ pub(crate) struct ConsumerShared {
     /// consumer's receiver when it runs dry. On the consumer side's line: the
     /// answering thread writes it, the receiving thread reads it.
     owed: AtomicBool,
+    /// Copies answered (for no-ack consumers: received): the answering side's
+    /// half of the prefetch count (see [`Credit`]).
+    answered: AtomicU32,
+    /// The dispatcher found this consumer at its prefetch limit: the next
+    /// answer must see to the dispatch its credit makes possible. Written
+    /// only when that happens, so the answering side reads it from its own
+    /// cache.
+    starved: AtomicBool,
     credit: Credit,
     mailbox: Mailbox,
 }
 
-/// Prefetch credit: read and taken by the dispatcher, given back by answers.
+/// Prefetch credit, the dispatcher's half: copies in flight are `dispatched`
+/// minus [`ConsumerShared::answered`] (wrapping), counted on two cache lines
+/// that each side writes alone. The dispatcher reads the answering side's
+/// count only when the last value it read leaves no credit, so neither
+/// thread writes a line the other reads per message.
 #[derive(Debug)]
 #[repr(align(128))]
 struct Credit {
     prefetch: u32,
-    /// Dispatched and not yet answered (for no-ack consumers: not yet received).
-    in_flight: AtomicU32,
+    /// Copies dispatched; written by the dispatcher alone, under the queue lock.
+    dispatched: AtomicU32,
+    /// The last value of `answered` the dispatcher read.
+    answered_seen: AtomicU32,
 }
 
 #[derive(Debug)]
@@ -111,9 +125,12 @@ impl ConsumerShared {
             no_ack,
             queue,
             owed: AtomicBool::new(false),
+            answered: AtomicU32::new(0),
+            starved: AtomicBool::new(false),
             credit: Credit {
                 prefetch,
-                in_flight: AtomicU32::new(0),
+                dispatched: AtomicU32::new(0),
+                answered_seen: AtomicU32::new(0),
             },
             mailbox: Mailbox {
                 inbox: Mutex::new(Inbox::default()),
@@ -123,22 +140,56 @@ impl ConsumerShared {
     }
 
     /// Takes one unit of prefetch credit. Only the dispatcher (under the
-    /// queue lock) adds; answers subtract concurrently.
+    /// queue lock) calls this; answers give credit back concurrently.
     pub(crate) fn try_take_credit(&self) -> bool {
-        if self.credit.prefetch == 0 {
-            self.credit.in_flight.fetch_add(1, Ordering::AcqRel);
+        let c = &self.credit;
+        let dispatched = c.dispatched.load(Ordering::Relaxed);
+        if c.prefetch != 0
+            && dispatched.wrapping_sub(c.answered_seen.load(Ordering::Relaxed)) >= c.prefetch
+            && !self.refresh_credit(dispatched)
+        {
+            return false;
+        }
+        c.dispatched
+            .store(dispatched.wrapping_add(1), Ordering::Relaxed);
+        true
+    }
+
+    /// The last count of answers read leaves no credit: reads it again, and
+    /// if there is still none, marks the consumer starved so that the next
+    /// answer sees to the dispatch.
+    ///
+    /// No dispatch is lost: this writes `starved` and then reads `answered`;
+    /// an answer adds to `answered` and then reads `starved`; a `SeqCst`
+    /// fence between the write and the read on both sides means at least one
+    /// of them sees the other's write (`tests/loom.rs` checks it).
+    #[cold]
+    fn refresh_credit(&self, dispatched: u32) -> bool {
+        let c = &self.credit;
+        let has_credit = || {
+            let answered = self.answered.load(Ordering::Acquire);
+            c.answered_seen.store(answered, Ordering::Relaxed);
+            dispatched.wrapping_sub(answered) < c.prefetch
+        };
+        if has_credit() {
             return true;
         }
-        self.credit
-            .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.credit.prefetch).then_some(n + 1)
-            })
-            .is_ok()
+        self.starved.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let found = has_credit();
+        if found {
+            // An answer came in between: no dispatch is owed for it.
+            self.starved.store(false, Ordering::Relaxed);
+        }
+        found
     }
 
     pub(crate) fn return_credit_no_dispatch(&self) {
-        self.credit.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let c = &self.credit;
+        c.dispatched.store(
+            c.dispatched.load(Ordering::Relaxed).wrapping_sub(1),
+            Ordering::Relaxed,
+        );
     }
 
     /// Gives one unit back. If the consumer was at its limit, the queue may
@@ -160,11 +211,16 @@ impl ConsumerShared {
         }
     }
 
-    /// Gives one unit back; true if the consumer was at its limit, so the
-    /// queue may hold messages for it.
+    /// Gives one unit back; true if the dispatcher found the consumer at its
+    /// limit since the last such answer, so the queue may hold messages for
+    /// it (see [`refresh_credit`](Self::refresh_credit)).
     fn return_credit(&self) -> bool {
-        let prev = self.credit.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.credit.prefetch != 0 && prev >= self.credit.prefetch
+        self.answered.fetch_add(1, Ordering::AcqRel);
+        if self.credit.prefetch == 0 {
+            return false;
+        }
+        fence(Ordering::SeqCst);
+        self.starved.load(Ordering::Relaxed) && self.starved.swap(false, Ordering::AcqRel)
     }
 
     fn owe_dispatch(&self) {
@@ -739,6 +795,11 @@ impl Delivery {
             Origin::Consumer(c) if c.return_credit() => Some(c),
             _ => None,
         };
+        // A requeue or a discard moves the content out (see below).
+        let content = match answer {
+            Answer::Ack => Content::default(),
+            Answer::Requeue | Answer::Discard => std::mem::take(&mut self.entry.content),
+        };
         let q = self.q();
         if matches!(answer, Answer::Ack) {
             q.answers.acked.fetch_add(1, Ordering::Relaxed);
@@ -751,14 +812,10 @@ impl Delivery {
                 }
             }
             Answer::Requeue | Answer::Discard => {
-                // The copy goes back (or on to its dead-letter exchange); the
-                // delivery keeps a handle on the content for its accessors.
-                let entry = Entry::new(
-                    self.entry.content.clone(),
-                    self.entry.seq(),
-                    self.entry.expires_at,
-                    true,
-                );
+                // The copy goes back (or on to its dead-letter exchange). The
+                // delivery is answered for good and nothing reads its content
+                // after this, so the content moves rather than being copied.
+                let entry = Entry::new(content, self.entry.seq(), self.entry.expires_at, true);
                 let now = q.now_if_timed(None);
                 let mut after = AfterUnlock::default();
                 {

@@ -68,11 +68,11 @@ pub(crate) struct QueueConfig {
     pub(crate) dead_letter_routing_key: Option<String>,
 }
 
-/// One message copy in a queue: 24 bytes (the `redelivered` flag lives in
-/// the sequence number's top bit).
+/// One message copy in a queue: 96 bytes, the content held by value (the
+/// `redelivered` flag lives in the sequence number's top bit).
 #[derive(Debug)]
 pub(crate) struct Entry {
-    pub(crate) content: Arc<Content>,
+    pub(crate) content: Content,
     seq_flags: u64,
     /// Milliseconds on the broker clock; `u64::MAX` = never.
     pub(crate) expires_at: u64,
@@ -81,12 +81,7 @@ pub(crate) struct Entry {
 const REDELIVERED: u64 = 1 << 63;
 
 impl Entry {
-    pub(crate) fn new(
-        content: Arc<Content>,
-        seq: u64,
-        expires_at: u64,
-        redelivered: bool,
-    ) -> Entry {
+    pub(crate) fn new(content: Content, seq: u64, expires_at: u64, redelivered: bool) -> Entry {
         Entry {
             content,
             seq_flags: (seq & !REDELIVERED) | if redelivered { REDELIVERED } else { 0 },
@@ -129,7 +124,7 @@ impl DeathReason {
 /// A copy on its way to a dead-letter exchange.
 #[derive(Debug)]
 pub(crate) struct DeadLetter {
-    pub(crate) content: Arc<Content>,
+    pub(crate) content: Content,
     pub(crate) reason: DeathReason,
     pub(crate) queue: Arc<str>,
     pub(crate) exchange: String,
@@ -331,10 +326,15 @@ impl Queue {
 
     /// Offers one copy. `force` makes a `block` queue take it even when full
     /// (used after a room check, and for dead letters, which must not wait).
+    /// `last`: this is the last queue the message goes to, so the queue may
+    /// take `content` itself rather than a copy (see [`Content::copy`]);
+    /// after [`Offer::Full`] it is still there to offer again.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn offer(
         &self,
         st: &mut QueueState,
-        content: &Arc<Content>,
+        content: &mut Content,
+        last: bool,
         expires_at: u64,
         now: u64,
         force: bool,
@@ -354,7 +354,8 @@ impl Queue {
                 }
                 Overflow::RejectPublishDlx => {
                     st.counters.rejected += 1;
-                    self.dead_letter(st, content.clone(), DeathReason::Maxlen, after);
+                    let copy = Content::copy(content, last);
+                    self.dead_letter(st, copy, DeathReason::Maxlen, after);
                     return Offer::Rejected;
                 }
                 Overflow::Block if !force => return Offer::Full,
@@ -367,7 +368,7 @@ impl Queue {
         if expires_at != u64::MAX && !self.timed.load(Ordering::Relaxed) {
             self.timed.store(true, Ordering::Relaxed);
         }
-        let entry = Entry::new(content.clone(), seq, expires_at, false);
+        let entry = Entry::new(Content::copy(content, last), seq, expires_at, false);
         // A consumer waiting on an empty queue gets the message before its
         // TTL is looked at: a TTL of 0 means "now or never" (RabbitMQ).
         if st.ready.is_empty() {
@@ -436,12 +437,7 @@ impl Queue {
     }
 
     /// A copy answered with `nack`/`reject` and no requeue.
-    pub(crate) fn discard(
-        &self,
-        st: &mut QueueState,
-        content: Arc<Content>,
-        after: &mut AfterUnlock,
-    ) {
+    pub(crate) fn discard(&self, st: &mut QueueState, content: Content, after: &mut AfterUnlock) {
         st.counters.discarded += 1;
         if !st.deleted {
             self.dead_letter(st, content, DeathReason::Rejected, after);
@@ -457,7 +453,7 @@ impl Queue {
     fn dead_letter(
         &self,
         st: &mut QueueState,
-        content: Arc<Content>,
+        content: Content,
         reason: DeathReason,
         after: &mut AfterUnlock,
     ) {
