@@ -25,7 +25,10 @@
 //!
 //! Then each destination queue's own mutex is taken in turn to enqueue. The
 //! global lock order is: exchange map / queue map, then an exchange's
-//! bindings, then a queue, then a consumer's inbox. Work that would need a
+//! bindings, then a queue, then a consumer's receive lock (taken under a
+//! queue's lock only when the queue is deleted and drains its consumers'
+//! rings; a dispatch writes into a consumer's ring without a lock, see
+//! `ring.rs`). Work that would need a
 //! lock earlier in that order (publishing a dead letter, deleting an
 //! auto-delete queue) is collected and done after the later locks are
 //! released.
@@ -55,7 +58,7 @@ use crate::options::{
 };
 use crate::queue::{AfterUnlock, Counters, DeadLetter, Offer, Queue, QueueConfig, QueueState};
 use crate::stats::{BrokerStats, ExchangeStats, QueueStats};
-use crate::sync::{fence, thread, thread_local, AtomicU64, Condvar, Mutex, RwLock};
+use crate::sync::{fence, thread, thread_local, AtomicU64, Condvar, ConsumerArc, Mutex, RwLock};
 
 /// The owner that in-process exclusive declares without an owner get.
 const PROCESS_OWNER: OwnerId = OwnerId(0);
@@ -828,7 +831,7 @@ impl Broker {
         } else {
             Arc::from(options.consumer_tag.as_str())
         };
-        let shared = Arc::new(ConsumerShared::new(
+        let shared = ConsumerArc::new(ConsumerShared::new(
             inner.next_id(),
             tag.clone(),
             q.clone(),

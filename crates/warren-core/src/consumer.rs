@@ -20,7 +20,6 @@
 //! thread, [`Consumer::recv_async`] is a future for any executor, and with the
 //! `stream` feature a `Consumer` is a `futures_core::Stream`.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,23 +32,19 @@ use bytes::Bytes;
 
 use crate::message::{BasicProperties, Content, Message};
 use crate::queue::{AfterUnlock, Entry, Queue};
-use crate::sync::{fence, spin_loop, thread, AtomicBool, AtomicU32, AtomicUsize, Mutex};
+use crate::ring::Ring;
+use crate::sync::{
+    fence, spin_loop, thread, AtomicBool, AtomicU32, AtomicUsize, ConsumerArc, Mutex,
+};
 use crate::wait::WaitList;
-
-#[derive(Debug, Default)]
-struct Inbox {
-    items: VecDeque<Entry>,
-    waiters: WaitList,
-    cancelled: bool,
-    next_tag: u64,
-}
 
 /// The part of a consumer the queue holds.
 ///
 /// Laid out for two threads: the fields at the top (and the `Arc`'s counts,
 /// which every `Delivery` clone touches) are the consumer side's; the
-/// publisher side touches only `credit` and `mailbox`, each on its own cache
-/// line, so the two cores do not steal lines from each other per message.
+/// publisher side touches `credit`, the ring's producer half and, only when
+/// someone waits, `wake`, each on its own cache line, so the two cores do not
+/// steal lines from each other per message.
 #[derive(Debug)]
 pub(crate) struct ConsumerShared {
     pub(crate) id: u64,
@@ -57,59 +52,42 @@ pub(crate) struct ConsumerShared {
     pub(crate) exclusive: bool,
     no_ack: bool,
     queue: Arc<Queue>,
-    /// Credit came back while this consumer was at its prefetch limit, and
-    /// the dispatch that may be owed for it was left for later: to the
-    /// queue's next operation (a publish dispatches anyway) or to this
-    /// consumer's receiver when it runs dry. On the consumer side's line: the
-    /// answering thread writes it, the receiving thread reads it.
+    /// A dispatch this consumer may be owed: credit came back while it was
+    /// at its prefetch limit, or its ring was full, and the dispatch was
+    /// left for later: to the queue's next operation (a publish dispatches
+    /// anyway) or to this consumer's receiver when it runs dry. Written by
+    /// answering and dispatching threads, read by the receiver.
     owed: AtomicBool,
-    /// Copies answered (for no-ack consumers: received): the answering side's
-    /// half of the prefetch count (see [`Credit`]).
-    answered: AtomicU32,
-    /// The dispatcher found this consumer at its prefetch limit: the next
-    /// answer must see to the dispatch its credit makes possible. Written
-    /// only when that happens, so the answering side reads it from its own
-    /// cache.
-    starved: AtomicBool,
+    /// Serialises receivers (the ring has one consumer at a time) and
+    /// numbers deliveries.
+    recv: Mutex<u64>,
     credit: Credit,
-    mailbox: Mailbox,
+    /// Dispatched copies on their way to the receiver.
+    ring: Ring,
+    wake: Wake,
 }
 
-/// Prefetch credit, the dispatcher's half: copies in flight are `dispatched`
-/// minus [`ConsumerShared::answered`] (wrapping), counted on two cache lines
-/// that each side writes alone. The dispatcher reads the answering side's
-/// count only when the last value it read leaves no credit, so neither
-/// thread writes a line the other reads per message.
+/// Prefetch credit: read and taken by the dispatcher, given back by answers.
 #[derive(Debug)]
 #[repr(align(128))]
 struct Credit {
     prefetch: u32,
-    /// Copies dispatched; written by the dispatcher alone, under the queue lock.
-    dispatched: AtomicU32,
-    /// The last value of `answered` the dispatcher read.
-    answered_seen: AtomicU32,
+    /// Dispatched and not yet answered (for no-ack consumers: not yet received).
+    in_flight: AtomicU32,
 }
 
+/// Receivers waiting for the ring to fill or the consumer to be cancelled.
 #[derive(Debug)]
 #[repr(align(128))]
-struct Mailbox {
-    inbox: Mutex<Inbox>,
-    /// Non-zero when the inbox holds something (or is cancelled): a spinning
-    /// receiver reads it without taking the inbox lock, so it does not fight
-    /// the publisher for that lock while it waits.
-    hint: AtomicUsize,
+struct Wake {
+    waiters: Mutex<WaitList>,
+    /// How many are registered in `waiters`: a pusher reads it (after a
+    /// `SeqCst` fence) and takes the lock only when someone waits.
+    sleepers: AtomicUsize,
+    cancelled: AtomicBool,
 }
 
 impl ConsumerShared {
-    /// Publishes the inbox's state to the lock-free hint; call under the
-    /// inbox lock after changing it.
-    fn sync_hint(&self, inbox: &Inbox) {
-        self.mailbox.hint.store(
-            inbox.items.len() + usize::from(inbox.cancelled),
-            Ordering::Release,
-        );
-    }
-
     pub(crate) fn new(
         id: u64,
         tag: Arc<str>,
@@ -125,110 +103,88 @@ impl ConsumerShared {
             no_ack,
             queue,
             owed: AtomicBool::new(false),
-            answered: AtomicU32::new(0),
-            starved: AtomicBool::new(false),
+            recv: Mutex::new(0),
             credit: Credit {
                 prefetch,
-                dispatched: AtomicU32::new(0),
-                answered_seen: AtomicU32::new(0),
+                in_flight: AtomicU32::new(0),
             },
-            mailbox: Mailbox {
-                inbox: Mutex::new(Inbox::default()),
-                hint: AtomicUsize::new(0),
+            ring: Ring::for_prefetch(prefetch),
+            wake: Wake {
+                waiters: Mutex::new(WaitList::default()),
+                sleepers: AtomicUsize::new(0),
+                cancelled: AtomicBool::new(false),
             },
         }
     }
 
-    /// Takes one unit of prefetch credit. Only the dispatcher (under the
-    /// queue lock) calls this; answers give credit back concurrently.
+    /// Takes one unit of prefetch credit, if the ring has room for the copy
+    /// it pays for. Only the dispatcher (under the queue lock) adds; answers
+    /// subtract concurrently.
     pub(crate) fn try_take_credit(&self) -> bool {
-        let c = &self.credit;
-        let dispatched = c.dispatched.load(Ordering::Relaxed);
-        if c.prefetch != 0
-            && dispatched.wrapping_sub(c.answered_seen.load(Ordering::Relaxed)) >= c.prefetch
-            && !self.refresh_credit(dispatched)
-        {
+        if !self.ring.has_room() {
+            // The receiver is a ring behind (only possible with a prefetch
+            // window larger than the ring, or none): the rest of its window
+            // waits in the queue, and it is owed a dispatch when it runs dry.
+            // Same hand-over as `owe_dispatch`: write the debt, fence, look
+            // again; the receiver empties the ring, fences, reads the debt.
+            if !self.owed.load(Ordering::Relaxed) {
+                self.owed.store(true, Ordering::Release);
+            }
+            fence(Ordering::SeqCst);
+            if !self.ring.has_room() {
+                return false;
+            }
+        }
+        // A read-modify-write even when it fails (then undone), never a
+        // plain load: a load may read a count older than an answer that has
+        // already handed its dispatch to this thread (through `owed`), and
+        // refuse credit the answer gave back.
+        let prev = self.credit.in_flight.fetch_add(1, Ordering::AcqRel);
+        if self.credit.prefetch != 0 && prev >= self.credit.prefetch {
+            self.credit.in_flight.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
-        c.dispatched
-            .store(dispatched.wrapping_add(1), Ordering::Relaxed);
         true
     }
 
-    /// The last count of answers read leaves no credit: reads it again, and
-    /// if there is still none, marks the consumer starved so that the next
-    /// answer sees to the dispatch.
-    ///
-    /// No dispatch is lost: this writes `starved` and then reads `answered`;
-    /// an answer adds to `answered` and then reads `starved`; a `SeqCst`
-    /// fence between the write and the read on both sides means at least one
-    /// of them sees the other's write (`tests/loom.rs` checks it).
-    #[cold]
-    fn refresh_credit(&self, dispatched: u32) -> bool {
-        let c = &self.credit;
-        let has_credit = || {
-            let answered = self.answered.load(Ordering::Acquire);
-            c.answered_seen.store(answered, Ordering::Relaxed);
-            dispatched.wrapping_sub(answered) < c.prefetch
-        };
-        if has_credit() {
-            return true;
-        }
-        self.starved.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        let found = has_credit();
-        if found {
-            // An answer came in between: no dispatch is owed for it.
-            self.starved.store(false, Ordering::Relaxed);
-        }
-        found
-    }
-
     pub(crate) fn return_credit_no_dispatch(&self) {
-        let c = &self.credit;
-        c.dispatched.store(
-            c.dispatched.load(Ordering::Relaxed).wrapping_sub(1),
-            Ordering::Relaxed,
-        );
+        self.credit.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
-    /// Gives one unit back. If the consumer was at its limit, the queue may
-    /// hold messages for it: they are dispatched now only if the consumer
-    /// has nothing left to receive. Otherwise the dispatch is owed, and paid
-    /// by whichever comes first: the queue's next publish (which dispatches
-    /// anyway), or this consumer's receiver finding its inbox empty (see
-    /// [`ran_dry`](Self::ran_dry)). So a consumer working through a backlog
-    /// at its limit does not take the queue lock on every answer, and a
-    /// publisher keeps the dispatching in one place.
-    ///
-    /// No dispatch is lost: this writes `owed` and then reads the inbox's
-    /// hint; the receiver empties the inbox (hint 0) and then reads `owed`;
-    /// a `SeqCst` fence between the write and the read on both sides means at
-    /// least one of them sees the other's write (`tests/loom.rs` checks it).
+    /// Gives one unit back, and sees to the dispatch it may make possible
+    /// (see [`owe_dispatch`](Self::owe_dispatch)).
     fn release_credit(&self) {
         if self.return_credit() {
             self.owe_dispatch();
         }
     }
 
-    /// Gives one unit back; true if the dispatcher found the consumer at its
-    /// limit since the last such answer, so the queue may hold messages for
-    /// it (see [`refresh_credit`](Self::refresh_credit)).
+    /// Gives one unit back; true if the consumer was at its limit, so the
+    /// queue may hold messages for it.
     fn return_credit(&self) -> bool {
-        self.answered.fetch_add(1, Ordering::AcqRel);
-        if self.credit.prefetch == 0 {
-            return false;
-        }
-        fence(Ordering::SeqCst);
-        self.starved.load(Ordering::Relaxed) && self.starved.swap(false, Ordering::AcqRel)
+        let prev = self.credit.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.credit.prefetch != 0 && prev >= self.credit.prefetch
     }
 
+    /// Credit came back to a consumer that was at its limit, so the queue may
+    /// hold messages for it: they are dispatched now only if the consumer has
+    /// nothing left to receive. Otherwise the dispatch is owed, and paid by
+    /// whichever comes first: the queue's next publish (which dispatches
+    /// anyway), or this consumer's receiver finding its ring empty (see
+    /// [`ran_dry`](Self::ran_dry)). So a consumer working through a backlog
+    /// at its limit does not take the queue lock on every answer, and a
+    /// publisher keeps the dispatching in one place.
+    ///
+    /// No dispatch is lost: this writes `owed` and then reads whether the
+    /// ring is empty; the receiver empties the ring and then reads `owed`; a
+    /// `SeqCst` fence between the write and the read on both sides means at
+    /// least one of them sees the other's write (`tests/loom.rs` checks it).
     fn owe_dispatch(&self) {
         // Release: whoever takes the debt (`swap` below) also sees the credit
         // returned before it, so its dispatch finds that credit.
         self.owed.store(true, Ordering::Release);
         fence(Ordering::SeqCst);
-        if self.mailbox.hint.load(Ordering::Relaxed) == 0 {
+        if self.ring.is_empty() {
             self.pay_owed();
         }
     }
@@ -240,37 +196,101 @@ impl ConsumerShared {
         }
     }
 
-    /// Called by a receiver that found the inbox empty (hint 0), before it
-    /// waits.
+    /// Called by a receiver that found the ring empty, before it waits.
     fn ran_dry(&self) {
         fence(Ordering::SeqCst);
         self.pay_owed();
     }
 
+    /// Hands a copy to the receiver. Call under the queue lock, after
+    /// [`try_take_credit`](Self::try_take_credit) said yes.
     pub(crate) fn push(&self, e: Entry) {
-        let mut inbox = self.mailbox.inbox.lock();
-        inbox.items.push_back(e);
-        self.sync_hint(&inbox);
-        inbox.waiters.notify_one();
+        self.ring.push(e);
+        // Either a receiver about to sleep sees the entry on its second look,
+        // or this sees it registered (it registers, fences, looks again).
+        fence(Ordering::SeqCst);
+        if self.wake.sleepers.load(Ordering::Relaxed) != 0 {
+            let woken = {
+                let mut w = self.wake.waiters.lock();
+                let woken = w.take_one();
+                self.wake.sleepers.store(w.len(), Ordering::Relaxed);
+                woken
+            };
+            if let Some(w) = woken {
+                w.wake();
+            }
+        }
+    }
+
+    /// Takes everything from the ring (receivers are serialised by `recv`).
+    fn drain(&self) -> Vec<Entry> {
+        let _recv = self.recv.lock();
+        let mut left = Vec::with_capacity(self.ring.len());
+        while let Some(e) = self.ring.pop() {
+            left.push(e);
+        }
+        left
     }
 
     /// The queue went away: drop what was waiting, wake receivers. Returns how
-    /// many copies were dropped.
+    /// many copies were dropped. Called under the queue lock.
     pub(crate) fn cancel_by_server(&self) -> u64 {
-        let mut inbox = self.mailbox.inbox.lock();
-        inbox.cancelled = true;
-        let n = inbox.items.len() as u64;
-        inbox.items.clear();
-        self.sync_hint(&inbox);
-        inbox.waiters.notify_all();
+        self.wake.cancelled.store(true, Ordering::Release);
+        let n = self.drain().len() as u64;
+        self.wake_all();
         n
     }
 
     fn mark_cancelled(&self) {
-        let mut inbox = self.mailbox.inbox.lock();
-        inbox.cancelled = true;
-        self.sync_hint(&inbox);
-        inbox.waiters.notify_all();
+        self.wake.cancelled.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        let woken = {
+            let mut w = self.wake.waiters.lock();
+            self.wake.sleepers.store(0, Ordering::Relaxed);
+            w.take_all()
+        };
+        for w in woken {
+            w.wake();
+        }
+    }
+
+    /// Registers a waiter (`register` runs under the waiters' lock), then
+    /// looks again: true if the wait is still needed. The caller must
+    /// `forget_waiter(key)` when it stops waiting.
+    fn register(&self, register: impl FnOnce(&mut WaitList) -> u64) -> (u64, bool) {
+        let key = {
+            let mut w = self.wake.waiters.lock();
+            let key = register(&mut w);
+            self.wake.sleepers.store(w.len(), Ordering::Relaxed);
+            key
+        };
+        fence(Ordering::SeqCst);
+        let wait = self.ring.is_empty() && !self.wake.cancelled.load(Ordering::Acquire);
+        (key, wait)
+    }
+
+    /// Forgets a waiter; if it had been woken but leaves without taking
+    /// anything, the wake-up goes on to another waiter.
+    fn forget_waiter(&self, key: u64) {
+        if key == 0 {
+            return;
+        }
+        let woken = {
+            let mut w = self.wake.waiters.lock();
+            let woken = if !w.remove(key) && !self.ring.is_empty() {
+                w.take_one()
+            } else {
+                None
+            };
+            self.wake.sleepers.store(w.len(), Ordering::Relaxed);
+            woken
+        };
+        if let Some(w) = woken {
+            w.wake();
+        }
     }
 }
 
@@ -317,7 +337,7 @@ pub enum RecvTimeoutError {
 ///
 /// Created by [`Broker::consume`](crate::Broker::consume).
 pub struct Consumer {
-    shared: Arc<ConsumerShared>,
+    shared: ConsumerArc<ConsumerShared>,
     queue: Arc<Queue>,
     #[cfg_attr(not(feature = "stream"), allow(dead_code))]
     stream_key: u64,
@@ -345,7 +365,7 @@ enum Poll1 {
 }
 
 impl Consumer {
-    pub(crate) fn new(shared: Arc<ConsumerShared>, queue: Arc<Queue>) -> Self {
+    pub(crate) fn new(shared: ConsumerArc<ConsumerShared>, queue: Arc<Queue>) -> Self {
         Consumer {
             shared,
             queue,
@@ -370,7 +390,7 @@ impl Consumer {
     /// [`TryRecvError::Empty`] if nothing is waiting,
     /// [`TryRecvError::Cancelled`] if the consumer is cancelled and drained.
     pub fn try_recv(&self) -> Result<Delivery, TryRecvError> {
-        match self.poll_once(None) {
+        match self.poll_once() {
             Poll1::Ready(d) => Ok(d),
             Poll1::Cancelled => Err(TryRecvError::Cancelled),
             Poll1::Empty => Err(TryRecvError::Empty),
@@ -402,8 +422,8 @@ impl Consumer {
         // publisher on another core usually delivers within a few hundred
         // nanoseconds, far less than a park/unpark round trip costs.
         for step in 0..SPIN_STEPS {
-            if self.shared.mailbox.hint.load(Ordering::Acquire) != 0 {
-                match self.poll_once(None) {
+            if !self.shared.ring.is_empty() {
+                match self.poll_once() {
                     Poll1::Ready(d) => return Ok(d),
                     Poll1::Cancelled => return Err(RecvTimeoutError::Cancelled),
                     Poll1::Empty => {}
@@ -418,24 +438,26 @@ impl Consumer {
             }
         }
         loop {
-            let mut key = 0;
-            match self.poll_once(Some(&mut key)) {
+            match self.poll_once() {
                 Poll1::Ready(d) => return Ok(d),
                 Poll1::Cancelled => return Err(RecvTimeoutError::Cancelled),
                 Poll1::Empty => {}
             }
-            match deadline {
-                None => thread::park(),
-                Some(d) => {
-                    let now = Instant::now();
-                    if now >= d {
-                        self.forget_waiter(key);
-                        return Err(RecvTimeoutError::Timeout);
+            let (key, wait) = self.shared.register(WaitList::park_current);
+            if wait {
+                match deadline {
+                    None => thread::park(),
+                    Some(d) => {
+                        let now = Instant::now();
+                        if now >= d {
+                            self.shared.forget_waiter(key);
+                            return Err(RecvTimeoutError::Timeout);
+                        }
+                        thread::park_timeout(d - now);
                     }
-                    thread::park_timeout(d - now);
                 }
             }
-            self.forget_waiter(key);
+            self.shared.forget_waiter(key);
         }
     }
 
@@ -444,7 +466,7 @@ impl Consumer {
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future before it completes loses no delivery
-    /// (nothing is taken from the inbox until the future returns it), and a
+    /// (nothing is taken from the ring until the future returns it), and a
     /// wake-up it had received is passed on to another waiting receiver.
     ///
     /// # Errors
@@ -487,70 +509,52 @@ impl Consumer {
         }
     }
 
-    fn forget_waiter(&self, key: u64) {
-        if key != 0 {
-            let mut inbox = self.shared.mailbox.inbox.lock();
-            if !inbox.waiters.remove(key) && !inbox.items.is_empty() {
-                // We were woken but are leaving: pass the wake-up on.
-                inbox.waiters.notify_one();
-            }
-        }
-    }
-
-    /// With nothing to receive, runs the dispatch an answer may have left
-    /// owed to this consumer (see `ConsumerShared::release_credit`).
-    fn pay_if_dry(&self) {
-        if self.shared.mailbox.hint.load(Ordering::Acquire) == 0 {
+    /// Takes the next copy from the ring, numbered. An empty ring first
+    /// pays any dispatch owed to this consumer (see
+    /// `ConsumerShared::owe_dispatch`), which may fill it.
+    fn take(&self) -> Option<(Entry, u64)> {
+        if self.shared.ring.is_empty() {
             self.shared.ran_dry();
         }
+        let mut tags = self.shared.recv.lock();
+        let e = self.shared.ring.pop()?;
+        *tags += 1;
+        Some((e, *tags))
     }
 
-    /// One look at the inbox. With `park`, registers the current thread as a
-    /// waiter when empty (under the inbox lock, so no wake-up is lost).
-    fn poll_once(&self, park: Option<&mut u64>) -> Poll1 {
-        self.pay_if_dry();
-        let (entry, tag) = {
-            let mut inbox = self.shared.mailbox.inbox.lock();
-            match inbox.items.pop_front() {
-                Some(e) => {
-                    self.shared.sync_hint(&inbox);
-                    inbox.next_tag += 1;
-                    (e, inbox.next_tag)
-                }
-                None if inbox.cancelled => return Poll1::Cancelled,
-                None => {
-                    if let Some(key) = park {
-                        *key = inbox.waiters.park_current();
-                    }
-                    return Poll1::Empty;
-                }
-            }
-        };
-        Poll1::Ready(self.deliver(entry, tag))
+    /// One look at the ring.
+    fn poll_once(&self) -> Poll1 {
+        if let Some((e, tag)) = self.take() {
+            return Poll1::Ready(self.deliver(e, tag));
+        }
+        if self.shared.wake.cancelled.load(Ordering::Acquire) {
+            // Nothing is pushed after the cancellation; what was pushed
+            // before it is still received first.
+            return match self.take() {
+                Some((e, tag)) => Poll1::Ready(self.deliver(e, tag)),
+                None => Poll1::Cancelled,
+            };
+        }
+        Poll1::Empty
     }
 
     fn poll_recv(&self, key: &mut u64, cx: &mut Context<'_>) -> Poll<Result<Delivery, RecvError>> {
-        self.pay_if_dry();
-        let (entry, tag) = {
-            let mut inbox = self.shared.mailbox.inbox.lock();
-            match inbox.items.pop_front() {
-                Some(e) => {
-                    self.shared.sync_hint(&inbox);
-                    if *key != 0 {
-                        inbox.waiters.remove(*key);
-                        *key = 0;
+        loop {
+            let r = match self.poll_once() {
+                Poll1::Ready(d) => Ok(d),
+                Poll1::Cancelled => Err(RecvError),
+                Poll1::Empty => {
+                    let (k, wait) = self.shared.register(|w| w.register_waker(*key, cx.waker()));
+                    *key = k;
+                    if wait {
+                        return Poll::Pending;
                     }
-                    inbox.next_tag += 1;
-                    (e, inbox.next_tag)
+                    continue;
                 }
-                None if inbox.cancelled => return Poll::Ready(Err(RecvError)),
-                None => {
-                    *key = inbox.waiters.register_waker(*key, cx.waker());
-                    return Poll::Pending;
-                }
-            }
-        };
-        Poll::Ready(Ok(self.deliver(entry, tag)))
+            };
+            self.shared.forget_waiter(std::mem::take(key));
+            return Poll::Ready(r);
+        }
     }
 
     fn deliver(&self, entry: Entry, tag: u64) -> Delivery {
@@ -574,13 +578,7 @@ impl Consumer {
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.cancel();
-        let left: Vec<Entry> = {
-            let mut inbox = self.shared.mailbox.inbox.lock();
-            inbox.waiters.notify_all();
-            let left = inbox.items.drain(..).collect();
-            self.shared.sync_hint(&inbox);
-            left
-        };
+        let left = self.shared.drain();
         if left.is_empty() {
             return;
         }
@@ -623,7 +621,7 @@ impl Future for Recv<'_> {
 
 impl Drop for Recv<'_> {
     fn drop(&mut self) {
-        self.consumer.forget_waiter(self.key);
+        self.consumer.shared.forget_waiter(self.key);
     }
 }
 
@@ -659,7 +657,7 @@ pub struct Delivery {
 /// through the consumer, so creating and dropping one touches only
 /// consumer-side reference counts.
 enum Origin {
-    Consumer(Arc<ConsumerShared>),
+    Consumer(ConsumerArc<ConsumerShared>),
     Get(Arc<Queue>),
 }
 

@@ -33,7 +33,7 @@
 //! - A [`Delivery`] dropped without an answer is requeued at once (RabbitMQ
 //!   requeues when the channel closes).
 //! - Nothing is durable: `durable` is kept and compared, for the wire protocol.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod broker;
@@ -46,6 +46,7 @@ mod headers;
 mod message;
 mod options;
 mod queue;
+mod ring;
 mod stats;
 mod sync;
 mod topic;

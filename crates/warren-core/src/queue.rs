@@ -21,8 +21,12 @@
 //! message goes back to its original place, whatever order deliveries are
 //! answered in. Dispatch runs under that lock whenever something changes
 //! (a publish, a requeue, a new consumer, credit coming back): it hands the head
-//! to the next consumer in round-robin order that has prefetch credit, pushing
-//! it into that consumer's inbox (lock order: queue, then inbox). Credit comes
+//! to the next consumer in round-robin order that has prefetch credit and
+//! room in its ring, writing it into that consumer's ring (one writer, the
+//! queue lock's holder; one reader, the consumer's receiver; no lock between
+//! them, see `ring.rs`). Entries carry their content by value, so a message
+//! with no properties crosses from the publishing thread to the receiving
+//! one without an allocation or a shared reference count. Credit comes
 //! back through an atomic counter without the queue lock. When it comes back
 //! to a consumer that was at its prefetch limit, the dispatch it makes
 //! possible is run at once only if that consumer has nothing left to
@@ -49,7 +53,7 @@ use crate::consumer::ConsumerShared;
 use crate::field::FieldTable;
 use crate::message::Content;
 use crate::options::{Overflow, OwnerId};
-use crate::sync::{AtomicBool, AtomicU64, Mutex, MutexGuard};
+use crate::sync::{AtomicBool, AtomicU64, ConsumerArc, Mutex, MutexGuard};
 use crate::wait::WaitList;
 
 /// The parsed, validated settings of a queue.
@@ -151,7 +155,7 @@ pub(crate) struct Counters {
 pub(crate) struct QueueState {
     pub(crate) ready: VecDeque<Entry>,
     pub(crate) ready_bytes: u64,
-    pub(crate) consumers: Vec<Arc<ConsumerShared>>,
+    pub(crate) consumers: Vec<ConsumerArc<ConsumerShared>>,
     rr: usize,
     next_seq: u64,
     pub(crate) deleted: bool,

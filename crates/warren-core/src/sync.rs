@@ -12,8 +12,8 @@
 //! and the broker's publish scratch space is borrowed across locks.
 //!
 //! Not routed through here, on purpose:
-//! - `Arc` and `Weak`: loom's `Arc` has no `Weak` nor `new_cyclic`, which the
-//!   broker needs. Reference counting is `std`'s to get right, and the one
+//! - `Arc` and `Weak` (except [`ConsumerArc`]): loom's `Arc` has no `Weak`
+//!   nor `new_cyclic`, which the broker needs. Reference counting is `std`'s to get right, and the one
 //!   place that reads a count to synchronise (reaping deleted queues) is not
 //!   part of the loom models.
 //! - The topic trie's thread-local scratch space: it is never borrowed across
@@ -29,6 +29,37 @@ pub(crate) use std::hint::spin_loop;
 pub(crate) use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 #[cfg(not(loom))]
 pub(crate) use std::thread_local;
+
+/// An `UnsafeCell` with loom's closure API, so the model checker can watch
+/// every access to the consumer ring's slots.
+#[cfg(not(loom))]
+#[derive(Debug)]
+pub(crate) struct UnsafeCell<T>(std::cell::UnsafeCell<T>);
+
+#[cfg(not(loom))]
+impl<T> UnsafeCell<T> {
+    pub(crate) fn new(value: T) -> Self {
+        UnsafeCell(std::cell::UnsafeCell::new(value))
+    }
+
+    #[inline]
+    pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
+        f(self.0.get())
+    }
+}
+
+#[cfg(loom)]
+pub(crate) use loom::cell::UnsafeCell;
+
+/// The `Arc` of a consumer's shared half. Its last drop frees the consumer's
+/// ring, whose slots loom watches: loom must see that drop's
+/// synchronisation, so under loom this is loom's `Arc` (which, unlike the
+/// broker's other `Arc`s, needs no `Weak`).
+#[cfg(not(loom))]
+pub(crate) use std::sync::Arc as ConsumerArc;
+
+#[cfg(loom)]
+pub(crate) use loom::sync::Arc as ConsumerArc;
 
 #[cfg(loom)]
 pub(crate) use loom::hint::spin_loop;

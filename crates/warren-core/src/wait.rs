@@ -63,12 +63,8 @@ impl WaitList {
         self.waiters.is_empty()
     }
 
-    /// Wakes the longest-waiting waiter.
-    pub(crate) fn notify_one(&mut self) {
-        if !self.waiters.is_empty() {
-            let (_, w) = self.waiters.remove(0);
-            wake(w);
-        }
+    pub(crate) fn len(&self) -> usize {
+        self.waiters.len()
     }
 
     /// Wakes everyone.
@@ -76,6 +72,30 @@ impl WaitList {
         for (_, w) in self.waiters.drain(..) {
             wake(w);
         }
+    }
+}
+
+/// A waiter taken off the list, to wake once the lock is released.
+#[derive(Debug)]
+pub(crate) struct Waiter(Wake);
+
+impl Waiter {
+    pub(crate) fn wake(self) {
+        wake(self.0);
+    }
+}
+
+impl WaitList {
+    /// Takes the longest-waiting waiter off the list, to be woken after the
+    /// caller releases its lock (waking under it would have the woken
+    /// thread run straight into that lock).
+    pub(crate) fn take_one(&mut self) -> Option<Waiter> {
+        (!self.waiters.is_empty()).then(|| Waiter(self.waiters.remove(0).1))
+    }
+
+    /// Takes every waiter off the list, to be woken after the lock.
+    pub(crate) fn take_all(&mut self) -> Vec<Waiter> {
+        self.waiters.drain(..).map(|(_, w)| Waiter(w)).collect()
     }
 }
 

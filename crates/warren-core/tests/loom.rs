@@ -154,8 +154,12 @@ fn settle(
             out.push(d);
             outstanding += 1;
         }
-        assert!(outstanding <= *prefetch as usize, "prefetch exceeded");
-        full &= outstanding == *prefetch as usize;
+        if *prefetch == 0 {
+            full = false; // no window: never full
+        } else {
+            assert!(outstanding <= *prefetch as usize, "prefetch exceeded");
+            full &= outstanding == *prefetch as usize;
+        }
     }
     // `queue_stats` runs any dispatch still owed; a receiver that reported
     // Empty must have been paid already, so nothing new may arrive after it.
@@ -412,6 +416,37 @@ fn owed_dispatch_ack_vs_receiver_running_dry() {
         let (c, r) = receiver.join().unwrap();
         seen.merge(r);
         settle(&b, 3, vec![(c, 2, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn full_ring_refills_when_the_receiver_runs_dry() {
+    // No prefetch window: the consumer's ring (2 slots under loom) fills and
+    // the rest waits in the queue, owed to the receiver, which takes it when
+    // it runs dry, while a publisher adds one more. A blocking `recv` that
+    // nobody refills is a deadlock loom reports.
+    model("full_ring_refills_when_the_receiver_runs_dry", || {
+        let b = broker(Default::default());
+        for id in 0..3 {
+            publish(&b, id);
+        }
+        let c = consume(&b, 0);
+        let publisher = {
+            let b = b.clone();
+            thread::spawn(move || publish(&b, 3))
+        };
+        let receiver = thread::spawn(move || {
+            let mut seen = Seen::default();
+            for _ in 0..4 {
+                let d = c.recv().unwrap();
+                seen.show(&d);
+                seen.ack(d);
+            }
+            (c, seen)
+        });
+        publisher.join().unwrap();
+        let (c, seen) = receiver.join().unwrap();
+        settle(&b, 4, vec![(c, 0, vec![])], vec![], seen);
     });
 }
 
