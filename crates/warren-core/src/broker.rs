@@ -289,8 +289,14 @@ static NEXT_BROKER_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 /// publisher reads it before it routes, so a cached route is one the
 /// publish could have computed itself at that moment. Routes that depend on
 /// the message (a headers exchange anywhere on the path, `CC`/`BCC` keys) are
-/// not cached. Queues are held weakly: a thread's cache never keeps a
-/// deleted queue's messages alive.
+/// not cached.
+///
+/// Queues are held strongly, so a hit costs no reference-count traffic (a
+/// weak handle costs two atomic operations per queue per publish, to upgrade
+/// and release it). What that keeps alive is bounded: a deleted queue holds
+/// no messages, and every miss first drops the entries that can never hit
+/// again (an older topology of the same broker, or a broker that is gone),
+/// so a dropped broker's queues are released at this thread's next miss.
 #[derive(Default)]
 struct RouteCache {
     entries: Vec<CachedRoute>,
@@ -300,10 +306,12 @@ struct RouteCache {
 
 struct CachedRoute {
     broker: u64,
+    /// To tell, on a miss, that the broker is gone.
+    owner: Weak<BrokerInner>,
     topology: u64,
     exchange: Arc<Exchange>,
     routing_key: Box<str>,
-    queues: Vec<Weak<Queue>>,
+    queues: Box<[Arc<Queue>]>,
 }
 
 impl RouteCache {
@@ -319,6 +327,12 @@ impl RouteCache {
     }
 
     fn insert(&mut self, route: CachedRoute) {
+        self.entries.retain(|e| {
+            e.owner.strong_count() > 0 && (e.broker != route.broker || e.topology == route.topology)
+        });
+        if self.next >= self.entries.len() {
+            self.next = 0;
+        }
         if let Some(e) = self.entries.iter_mut().find(|e| {
             e.broker == route.broker
                 && e.routing_key == route.routing_key
@@ -352,15 +366,14 @@ struct Prepared {
     original_headers: Option<FieldTable>,
 }
 
-impl Prepared {
-    /// The message as the publisher gave it, to hand back unpublished.
-    fn message(&self) -> Message {
-        let mut m = self.content.to_message();
-        if let Some(h) = &self.original_headers {
-            m.properties.headers = Some(h.clone());
-        }
-        m
+/// The message as the publisher gave it (`original_headers`: the headers
+/// before routing removed `BCC`), to hand back unpublished.
+fn unpublished(content: &Content, original_headers: Option<&FieldTable>) -> Message {
+    let mut m = content.to_message();
+    if let Some(h) = original_headers {
+        m.properties.headers = Some(h.clone());
     }
+    m
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1272,8 +1285,17 @@ impl BrokerInner {
         }
     }
 
-    /// Finishes what a queue operation left for after its lock.
+    /// Finishes what a queue operation left for after its lock (usually
+    /// nothing: checked inline, on every publish).
+    #[inline]
     pub(crate) fn finish(&self, after: AfterUnlock) {
+        if !after.is_empty() {
+            self.finish_work(after);
+        }
+    }
+
+    #[cold]
+    fn finish_work(&self, after: AfterUnlock) {
         let AfterUnlock {
             dead_letters,
             schedule,
@@ -1411,12 +1433,7 @@ impl BrokerInner {
         };
         match hit {
             Some(i) if extra.is_empty() => {
-                queues.extend(
-                    scratch.routes.entries[i]
-                        .queues
-                        .iter()
-                        .filter_map(Weak::upgrade),
-                );
+                queues.extend(scratch.routes.entries[i].queues.iter().cloned());
             }
             _ => {
                 let cacheable = self.route(
@@ -1429,10 +1446,11 @@ impl BrokerInner {
                 if cacheable && extra.is_empty() {
                     scratch.routes.insert(CachedRoute {
                         broker: self.uid,
+                        owner: self.this.clone(),
                         topology,
                         exchange: x.clone(),
                         routing_key: routing_key.into(),
-                        queues: queues.iter().map(Arc::downgrade).collect(),
+                        queues: queues.as_slice().into(),
                     });
                 }
             }
@@ -1515,24 +1533,10 @@ impl BrokerInner {
         // Reuse this thread's scratch space; a re-entrant publish (from inside
         // another's dead-lettering) finds it borrowed and uses a fresh one.
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut s) => {
-                let s = &mut *s;
-                let mut queues = std::mem::take(&mut s.queues);
-                let r = self.publish_with(exchange, routing_key, message, wait, &mut queues, s);
-                queues.clear();
-                s.queues = queues;
-                r
-            }
+            Ok(mut s) => self.publish_with(exchange, routing_key, message, wait, &mut s),
             Err(_) => {
                 let mut s = Scratch::default();
-                self.publish_with(
-                    exchange,
-                    routing_key,
-                    message,
-                    wait,
-                    &mut Vec::new(),
-                    &mut s,
-                )
+                self.publish_with(exchange, routing_key, message, wait, &mut s)
             }
         })
     }
@@ -1543,11 +1547,44 @@ impl BrokerInner {
         routing_key: &str,
         message: &mut Message,
         wait: Wait,
-        queues: &mut Vec<Arc<Queue>>,
         s: &mut Scratch,
     ) -> Result<Published, PublishError> {
-        let p = self.prepare(exchange, routing_key, message, queues, s)?;
-        let bytes = p.content.body_len() as u64;
+        // The common case first: a route this thread has cached, and nothing
+        // in the message that routing or the queues must look at (headers,
+        // which may carry CC/BCC, or a per-message TTL). It borrows the
+        // cached exchange and queues: no lookup, no reference counts.
+        if message.properties.headers.is_none() && message.properties.expiration.is_none() {
+            let topology = self.topology.load(Ordering::Acquire);
+            if let Some(i) = s.routes.position(self.uid, topology, exchange, routing_key) {
+                let route = &s.routes.entries[i];
+                let content = Content::new(&route.exchange.name, routing_key, message, Vec::new());
+                return self.offer_all(&route.exchange, &route.queues, content, None, None, wait);
+            }
+        }
+        let mut queues = std::mem::take(&mut s.queues);
+        let r = self
+            .prepare(exchange, routing_key, message, &mut queues, s)
+            .and_then(|p| {
+                let h = p.original_headers.as_ref();
+                self.offer_all(&p.exchange, &queues, p.content, p.ttl, h, wait)
+            });
+        queues.clear();
+        s.queues = queues;
+        r
+    }
+
+    /// Offers a routed message to its queues, in turn, and counts what they
+    /// did with it on the exchange.
+    fn offer_all(
+        &self,
+        x: &Exchange,
+        queues: &[Arc<Queue>],
+        mut content: Content,
+        ttl: Option<u64>,
+        original_headers: Option<&FieldTable>,
+        wait: Wait,
+    ) -> Result<Published, PublishError> {
+        let bytes = content.body_len() as u64;
         if wait == Wait::Never {
             for q in queues
                 .iter()
@@ -1555,25 +1592,25 @@ impl BrokerInner {
             {
                 let st = q.lock();
                 if !st.deleted && !q.has_room(&st, bytes) {
-                    return Err(PublishError::Full(Box::new(p.message())));
+                    let m = unpublished(&content, original_headers);
+                    return Err(PublishError::Full(Box::new(m)));
                 }
             }
         }
         let mut out = Published::default();
-        let mut p = p;
         let n = queues.len();
         for (i, q) in queues.iter().enumerate() {
             loop {
-                let now = q.now_if_timed(p.ttl);
+                let now = q.now_if_timed(ttl);
                 let mut after = AfterUnlock::default();
                 let mut key = 0;
                 let r = {
                     let mut st = q.lock();
                     let r = q.offer(
                         &mut st,
-                        &mut p.content,
+                        &mut content,
                         i + 1 == n,
-                        q.deadline(now, p.ttl),
+                        q.deadline(now, ttl),
                         now,
                         wait == Wait::Never,
                         &mut after,
@@ -1593,7 +1630,7 @@ impl BrokerInner {
                 break;
             }
         }
-        record(&p.exchange, &out);
+        record(x, &out);
         Ok(out)
     }
 

@@ -795,8 +795,8 @@ impl Delivery {
         };
         // A requeue or a discard moves the content out (see below).
         let content = match answer {
-            Answer::Ack => Content::default(),
-            Answer::Requeue | Answer::Discard => std::mem::take(&mut self.entry.content),
+            Answer::Ack => None,
+            Answer::Requeue | Answer::Discard => Some(std::mem::take(&mut self.entry.content)),
         };
         let q = self.q();
         if matches!(answer, Answer::Ack) {
@@ -813,6 +813,7 @@ impl Delivery {
                 // The copy goes back (or on to its dead-letter exchange). The
                 // delivery is answered for good and nothing reads its content
                 // after this, so the content moves rather than being copied.
+                let content = content.unwrap_or_default();
                 let entry = Entry::new(content, self.entry.seq(), self.entry.expires_at, true);
                 let now = q.now_if_timed(None);
                 let mut after = AfterUnlock::default();

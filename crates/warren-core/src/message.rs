@@ -223,6 +223,7 @@ impl Content {
     /// Moves the message's body and (set) properties into shared content.
     /// `bcc`: the keys of the `BCC` header (already removed from the
     /// headers), if it had one.
+    #[inline]
     pub(crate) fn new(
         exchange: &str,
         routing_key: &str,
@@ -318,6 +319,7 @@ impl Default for Names {
 const NAMES_INLINE: usize = 37;
 
 impl Names {
+    #[inline]
     fn new(exchange: &str, routing_key: &str) -> Names {
         let total = exchange.len() + routing_key.len();
         if total <= NAMES_INLINE {
