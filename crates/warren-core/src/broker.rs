@@ -2184,4 +2184,50 @@ mod tests {
         );
         assert!(q.upgrade().is_none(), "queue leaked");
     }
+
+    #[test]
+    fn a_dropped_brokers_queues_leave_the_route_cache_at_the_next_miss() {
+        let b = Broker::new();
+        b.declare_queue("q", QueueDeclareOptions::default())
+            .unwrap();
+        b.bind_queue("q", "amq.direct", "k", &FieldTable::new())
+            .unwrap();
+        // The second publish hits the route the first one cached.
+        for _ in 0..2 {
+            assert_eq!(b.publish("amq.direct", "k", "m").unwrap().routed, 1);
+        }
+        let q = Arc::downgrade(&b.inner.queue("q").unwrap());
+        drop(b);
+        assert!(q.upgrade().is_some(), "held by this thread's route cache");
+        // Any miss on this thread prunes the dead broker's entries.
+        let other = Broker::new();
+        other
+            .declare_queue("r", QueueDeclareOptions::default())
+            .unwrap();
+        other.publish("", "r", "m").unwrap();
+        assert!(
+            q.upgrade().is_none(),
+            "the dead broker's queue is still cached"
+        );
+    }
+
+    #[test]
+    fn a_deleted_queue_leaves_the_route_cache_at_the_next_miss() {
+        let b = Broker::new();
+        b.declare_queue("q", QueueDeclareOptions::default())
+            .unwrap();
+        b.publish("", "q", "m").unwrap();
+        let q = Arc::downgrade(&b.inner.queue("q").unwrap());
+        b.delete_queue("q", Default::default()).unwrap();
+        // The broker keeps the dead queue for its totals while anything else
+        // refers to it (see `Gone`); here that is the route cache.
+        assert_eq!(q.strong_count(), 2);
+        // The topology moved: this publish misses, routes nowhere, and drops
+        // the stale entry.
+        assert!(b.publish("", "q", "m").unwrap().is_unroutable());
+        assert_eq!(q.strong_count(), 1, "the deleted queue is still cached");
+        // Then the broker folds its counters in and lets it go.
+        assert_eq!(b.totals().enqueued, 1);
+        assert!(q.upgrade().is_none());
+    }
 }
