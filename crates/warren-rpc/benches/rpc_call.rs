@@ -6,7 +6,13 @@
 //! sequential calls, calls/s at 1 and 16 callers, casts/s, and the ratios
 //! to the ping-pong baseline; on a current-thread and a multi-thread
 //! runtime, with oslo's envelope (the default) and with bare bodies
-//! (`InprocTransport::with_envelope(false)`).
+//! (`InprocTransport::with_envelope(false)`). The sample is taken in
+//! interleaved rounds (a slice of each configuration and of the baseline in
+//! turn), so that the machine's swings from minute to minute fall on all of
+//! them alike.
+//!
+//! `cargo bench -p warren-rpc --bench rpc_call -- zzznomatch` skips
+//! criterion's part and prints only that report.
 
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +35,8 @@ struct Req {
 }
 
 const SAMPLE: usize = 20_000;
+/// Interleaved rounds the sample is taken in.
+const ROUNDS: usize = 10;
 
 /// A server ("echo" returns n + 1, "tick" counts casts) and a client.
 struct Rig {
@@ -209,39 +217,36 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Sequential calls from one task of the runtime (a worker thread, on the
-/// multi-thread runtime), each timed.
-fn sample_calls(rig: &Rig) -> Vec<Duration> {
+/// `n` sequential calls from one task of the runtime (a worker thread, on
+/// the multi-thread runtime), each timed, after a short warm-up.
+fn sample_calls(rig: &Rig, n: usize) -> Vec<Duration> {
     let client = rig.client.clone();
     let task = rig.rt.spawn(async move {
         let ctx = Context::new().with("request_id", "req-bench");
-        for i in 0..1000 {
+        for i in 0..200 {
             one_call(&client, &ctx, i).await;
         }
-        let mut v = Vec::with_capacity(SAMPLE);
-        for i in 0..SAMPLE as u64 {
+        let mut v = Vec::with_capacity(n);
+        for i in 0..n as u64 {
             let t = Instant::now();
             one_call(&client, &ctx, i).await;
             v.push(t.elapsed());
         }
-        v.sort_unstable();
         v
     });
     rig.rt.block_on(task).expect("sampling task")
 }
 
-fn sample_ping_pong() -> Vec<Duration> {
-    let pp = PingPong::new();
-    for i in 0..1000 {
+fn sample_ping_pong(pp: &PingPong, n: usize) -> Vec<Duration> {
+    for i in 0..200 {
         pp.round_trip(i);
     }
-    let mut v = Vec::with_capacity(SAMPLE);
-    for i in 0..SAMPLE as u64 {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n as u64 {
         let t = Instant::now();
         black_box(pp.round_trip(i));
         v.push(t.elapsed());
     }
-    v.sort_unstable();
     v
 }
 
@@ -252,22 +257,36 @@ fn per_sec(n: u64, d: Duration) -> f64 {
 fn own_report() {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!();
-    println!("== rpc_call: own sample ({SAMPLE} sequential round trips each) ==");
-    let pp = sample_ping_pong();
-    let (pp50, pp99) = (percentile(&pp, 0.50), percentile(&pp, 0.99));
+    println!(
+        "== rpc_call: own sample ({SAMPLE} sequential round trips each, in {ROUNDS} interleaved rounds) =="
+    );
+    let rigs: Vec<(&str, Rig)> = RIGS
+        .iter()
+        .map(|&(name, multi, envelope)| (name, rig(multi, envelope)))
+        .collect();
+    let pp = PingPong::new();
+    let mut pp_sample = Vec::with_capacity(SAMPLE);
+    let mut samples = vec![Vec::with_capacity(SAMPLE); rigs.len()];
+    for _ in 0..ROUNDS {
+        pp_sample.extend(sample_ping_pong(&pp, SAMPLE / ROUNDS));
+        for ((_, r), s) in rigs.iter().zip(&mut samples) {
+            s.extend(sample_calls(r, SAMPLE / ROUNDS));
+        }
+    }
+    pp_sample.sort_unstable();
+    let (pp50, pp99) = (percentile(&pp_sample, 0.50), percentile(&pp_sample, 0.99));
     println!(
         "baseline crossbeam ping-pong     p50 {:>7.2} us   p99 {:>7.2} us   {:>10.0} round trips/s",
         us(pp50),
         us(pp99),
-        per_sec(SAMPLE as u64, pp.iter().sum())
+        per_sec(pp_sample.len() as u64, pp_sample.iter().sum())
     );
-    for (name, multi, envelope) in RIGS {
-        let r = rig(multi, envelope);
-        let s = sample_calls(&r);
+    for ((name, r), mut s) in rigs.iter().zip(samples) {
+        s.sort_unstable();
         let (p50, p99) = (percentile(&s, 0.50), percentile(&s, 0.99));
-        let one = per_sec(SAMPLE as u64, concurrent_calls(&r, 1, SAMPLE as u64));
-        let sixteen = per_sec(SAMPLE as u64, concurrent_calls(&r, 16, SAMPLE as u64));
-        let cast = per_sec(100_000, casts(&r, 100_000));
+        let one = per_sec(SAMPLE as u64, concurrent_calls(r, 1, SAMPLE as u64));
+        let sixteen = per_sec(SAMPLE as u64, concurrent_calls(r, 16, SAMPLE as u64));
+        let cast = per_sec(100_000, casts(r, 100_000));
         println!(
             "call ({name:<19})   p50 {:>7.2} us   p99 {:>7.2} us   ratio to ping-pong: p50 {:.2}x, p99 {:.2}x",
             us(p50),
