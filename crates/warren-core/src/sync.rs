@@ -70,6 +70,23 @@ pub(crate) use loom::thread_local;
 #[cfg(loom)]
 pub(crate) use loom_shim::{Condvar, Mutex, MutexGuard, RwLock};
 
+/// Between a `SeqCst` read-modify-write and a later `SeqCst` load of another
+/// atomic on the same thread: the two halves of a store-then-load hand-over
+/// (Dekker's pattern), where each side writes its flag and then reads the
+/// other's, and at least one must see the other's write.
+///
+/// `SeqCst` accesses alone guarantee that (they fall in one total order), so
+/// in the library this is nothing, and no fence instruction is spent on a
+/// path that runs for every message. Loom models `SeqCst` accesses as
+/// `AcqRel` only (its README says so), which would report lost hand-overs
+/// that cannot happen, so under loom this is a `SeqCst` fence: the models
+/// check the fenced protocol, which gives the same guarantee.
+#[inline(always)]
+pub(crate) fn seqcst_handover() {
+    #[cfg(loom)]
+    fence(std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Threads: parking and waking.
 pub(crate) mod thread {
     #[cfg(not(loom))]
