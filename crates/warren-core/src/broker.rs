@@ -1549,16 +1549,24 @@ impl BrokerInner {
         wait: Wait,
         s: &mut Scratch,
     ) -> Result<Published, PublishError> {
-        // The common case first: a route this thread has cached, and nothing
-        // in the message that routing or the queues must look at (headers,
-        // which may carry CC/BCC, or a per-message TTL). It borrows the
-        // cached exchange and queues: no lookup, no reference counts.
-        if message.properties.headers.is_none() && message.properties.expiration.is_none() {
+        // The common case first: a route this thread has cached, and no
+        // headers (which may carry CC/BCC keys that change the route). It
+        // borrows the cached exchange and queues: no lookup, no reference
+        // counts. An expiration that does not parse takes the general path,
+        // which refuses it.
+        if message.properties.headers.is_none() {
+            let ttl = match message.properties.expiration.as_deref() {
+                None => Some(None),
+                Some(e) => parse_expiration(e).ok().map(Some),
+            };
             let topology = self.topology.load(Ordering::Acquire);
-            if let Some(i) = s.routes.position(self.uid, topology, exchange, routing_key) {
+            if let (Some(ttl), Some(i)) = (
+                ttl,
+                s.routes.position(self.uid, topology, exchange, routing_key),
+            ) {
                 let route = &s.routes.entries[i];
                 let content = Content::new(&route.exchange.name, routing_key, message, Vec::new());
-                return self.offer_all(&route.exchange, &route.queues, content, None, None, wait);
+                return self.offer_all(&route.exchange, &route.queues, content, ttl, None, wait);
             }
         }
         let mut queues = std::mem::take(&mut s.queues);

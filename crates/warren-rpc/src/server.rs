@@ -200,7 +200,8 @@ type HandlerFn = dyn Fn(Context, Box<RawValue>) -> BoxFuture<'static, Result<Box
 pub struct Endpoint {
     namespace: Option<String>,
     version: Version,
-    methods: HashMap<String, Arc<HandlerFn>>,
+    /// By name; foldhash (see `SeenIds`): looked up on every call.
+    methods: HashMap<String, Arc<HandlerFn>, foldhash::fast::RandomState>,
     expected: Vec<TypeId>,
 }
 
@@ -228,7 +229,7 @@ impl Endpoint {
         Endpoint {
             namespace: None,
             version: Version::DEFAULT,
-            methods: HashMap::new(),
+            methods: HashMap::default(),
             expected: Vec::new(),
         }
     }
