@@ -252,6 +252,17 @@ impl fmt::Debug for BrokerInner {
 
 impl Drop for BrokerInner {
     fn drop(&mut self) {
+        // The last strong count is gone by now; counting the drop with
+        // release lets another thread that sees the count also see that.
+        BROKERS_DROPPED.fetch_add(1, Ordering::Release);
+        // Not while this thread is publishing (a drop from inside a publish
+        // finds the cache borrowed; its next publish prunes), nor once the
+        // thread's locals are gone.
+        let _ = SCRATCH.try_with(|cell| {
+            if let Ok(mut s) = cell.try_borrow_mut() {
+                s.routes.forget_dropped_brokers();
+            }
+        });
         {
             let mut t = self.timer.state.lock();
             t.shutdown = true;
@@ -279,6 +290,10 @@ struct Scratch {
 /// Source of [`BrokerInner::uid`].
 static NEXT_BROKER_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
+/// Brokers dropped so far in the process: a route cache that has seen fewer
+/// drops than this may hold a dropped broker's queues, and lets them go.
+static BROKERS_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The last few routes this thread computed, so that publishing again to the
 /// same exchange with the same routing key skips the exchange lookup, the
 /// binding index and their locks.
@@ -293,15 +308,20 @@ static NEXT_BROKER_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 ///
 /// Queues are held strongly, so a hit costs no reference-count traffic (a
 /// weak handle costs two atomic operations per queue per publish, to upgrade
-/// and release it). What that keeps alive is bounded: a deleted queue holds
-/// no messages, and every miss first drops the entries that can never hit
-/// again (an older topology of the same broker, or a broker that is gone),
-/// so a dropped broker's queues are released at this thread's next miss.
+/// and release it). What that keeps alive is bounded:
+/// - a deleted queue holds no messages, and every miss drops the entries
+///   that can never hit again (an older topology of the same broker);
+/// - a dropped broker's entries go at once on the thread that drops it, and
+///   on any other thread at its next publish (each publish compares a
+///   process-wide count of dropped brokers with the one it last saw), so
+///   dropping a broker frees its queued messages.
 #[derive(Default)]
 struct RouteCache {
     entries: Vec<CachedRoute>,
     /// Next entry to replace once the cache is full.
     next: usize,
+    /// `BROKERS_DROPPED` when the entries were last checked for dead brokers.
+    drops_seen: u64,
 }
 
 struct CachedRoute {
@@ -324,6 +344,21 @@ impl RouteCache {
                 && &*e.routing_key == key
                 && &*e.exchange.name == exchange
         })
+    }
+
+    /// Drops the entries of brokers that are gone, if any broker was dropped
+    /// since the last look (one load otherwise).
+    fn forget_dropped_brokers(&mut self) {
+        // Acquire, pairing with the drop's release: a broker counted here
+        // shows a strong count of 0 below.
+        let drops = BROKERS_DROPPED.load(Ordering::Acquire);
+        if drops != self.drops_seen {
+            self.drops_seen = drops;
+            self.entries.retain(|e| e.owner.strong_count() > 0);
+            if self.next >= self.entries.len() {
+                self.next = 0;
+            }
+        }
     }
 
     fn insert(&mut self, route: CachedRoute) {
@@ -1549,6 +1584,7 @@ impl BrokerInner {
         wait: Wait,
         s: &mut Scratch,
     ) -> Result<Published, PublishError> {
+        s.routes.forget_dropped_brokers();
         // The common case first: a route this thread has cached, and no
         // headers (which may carry CC/BCC keys that change the route). It
         // borrows the cached exchange and queues: no lookup, no reference
@@ -2194,7 +2230,7 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_brokers_queues_leave_the_route_cache_at_the_next_miss() {
+    fn dropping_a_broker_frees_its_queues_from_this_threads_route_cache() {
         let b = Broker::new();
         b.declare_queue("q", QueueDeclareOptions::default())
             .unwrap();
@@ -2206,13 +2242,42 @@ mod tests {
         }
         let q = Arc::downgrade(&b.inner.queue("q").unwrap());
         drop(b);
-        assert!(q.upgrade().is_some(), "held by this thread's route cache");
-        // Any miss on this thread prunes the dead broker's entries.
-        let other = Broker::new();
-        other
-            .declare_queue("r", QueueDeclareOptions::default())
+        assert!(
+            q.upgrade().is_none(),
+            "the dead broker's queue is still cached"
+        );
+    }
+
+    #[test]
+    fn a_dropped_brokers_queues_leave_other_threads_caches_at_their_next_publish() {
+        let b = Broker::new();
+        b.declare_queue("q", QueueDeclareOptions::default())
             .unwrap();
-        other.publish("", "r", "m").unwrap();
+        let q = Arc::downgrade(&b.inner.queue("q").unwrap());
+        let (to_publisher, publisher_rx) = std::sync::mpsc::channel::<Option<Broker>>();
+        let (to_main, main_rx) = std::sync::mpsc::channel::<()>();
+        let publisher = std::thread::spawn(move || {
+            // Cache the route on this thread, then wait.
+            let b = publisher_rx.recv().unwrap().unwrap();
+            for _ in 0..2 {
+                b.publish("", "q", "m").unwrap();
+            }
+            drop(b);
+            to_main.send(()).unwrap();
+            // Publish to another broker once the first is gone.
+            assert!(publisher_rx.recv().unwrap().is_none());
+            let other = Broker::new();
+            other
+                .declare_queue("r", QueueDeclareOptions::default())
+                .unwrap();
+            other.publish("", "r", "m").unwrap();
+        });
+        to_publisher.send(Some(b.clone())).unwrap();
+        main_rx.recv().unwrap();
+        drop(b); // the last handle, on this thread
+        assert!(q.upgrade().is_some(), "held by the other thread's cache");
+        to_publisher.send(None).unwrap();
+        publisher.join().unwrap();
         assert!(
             q.upgrade().is_none(),
             "the dead broker's queue is still cached"
