@@ -640,8 +640,7 @@ impl Consumer {
         let pending = !self.shared.no_ack;
         if self.shared.no_ack {
             let q = &self.queue;
-            q.answers.acked.fetch_add(1, Ordering::Relaxed);
-            q.answers.settle(1);
+            q.answers.ack();
             self.shared.release_credit();
         }
         Delivery {
@@ -667,7 +666,7 @@ impl Drop for Consumer {
         let mut after = AfterUnlock::default();
         {
             let mut st = q.lock();
-            q.answers.settle(n);
+            q.answers.release(n);
             q.restore(&mut st, left, now, &mut after);
         }
         q.finish(after);
@@ -878,10 +877,10 @@ impl Delivery {
             Answer::Requeue | Answer::Discard => Some(std::mem::take(&mut self.entry.content)),
         };
         let q = self.q();
-        if matches!(answer, Answer::Ack) {
-            q.answers.acked.fetch_add(1, Ordering::Relaxed);
+        match answer {
+            Answer::Ack => q.answers.ack(),
+            Answer::Requeue | Answer::Discard => q.answers.release(1),
         }
-        q.answers.settle(1);
         match answer {
             Answer::Ack => {
                 if let Some(c) = owes {

@@ -146,8 +146,8 @@ pub(crate) struct Counters {
     pub(crate) purged: u64,
     pub(crate) deleted: u64,
     pub(crate) dead_lettered: u64,
-    /// Copies handed to a consumer or an acking `get` (settled ones are
-    /// counted in [`Answers::answered`]).
+    /// Copies handed to a consumer or a `get` (those since acked or released
+    /// are counted in [`Answers`]).
     pub(crate) delivered: u64,
 }
 
@@ -200,21 +200,35 @@ pub(crate) struct Queue {
     get_tags: AtomicU64,
 }
 
-/// Counters the answering side bumps without the queue lock.
+/// Counters the answering side bumps without the queue lock. Every copy
+/// handed out (under the lock, counted in `Counters::delivered`) is settled
+/// by exactly one of them: an ack adds to one counter, not two.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Answers {
-    /// Copies handed out (under the lock, counted in `Counters::delivered`)
-    /// that have since been answered or given back.
-    pub(crate) answered: AtomicU64,
-    /// Copies acknowledged (or received in no-ack mode).
+    /// Copies acknowledged (or received in no-ack mode, or taken by a no-ack
+    /// `get`).
     pub(crate) acked: AtomicU64,
+    /// Copies settled otherwise: requeued, discarded, given back by a
+    /// dropped consumer, or dropped with their queue.
+    released: AtomicU64,
 }
 
 impl Answers {
-    /// `n` handed-out copies are settled (answered, given back or dropped).
-    pub(crate) fn settle(&self, n: u64) {
-        self.answered.fetch_add(n, Ordering::Release);
+    /// One handed-out copy is acknowledged.
+    pub(crate) fn ack(&self) {
+        self.acked.fetch_add(1, Ordering::Release);
+    }
+
+    /// `n` handed-out copies are settled without an ack.
+    pub(crate) fn release(&self, n: u64) {
+        self.released.fetch_add(n, Ordering::Release);
+    }
+
+    /// Copies settled, either way.
+    fn settled(&self) -> u64 {
+        let acked = self.acked.load(Ordering::Acquire);
+        acked.wrapping_add(self.released.load(Ordering::Acquire))
     }
 }
 
@@ -562,10 +576,9 @@ impl Queue {
         st.last_used = now;
         self.expire_head(st, now, after);
         let e = Self::pop_ready(st)?;
+        st.counters.delivered += 1;
         if no_ack {
-            self.answers.acked.fetch_add(1, Ordering::Relaxed);
-        } else {
-            st.counters.delivered += 1;
+            self.answers.ack();
         }
         self.room_freed(st);
         self.plan_timer(st, after);
@@ -578,7 +591,7 @@ impl Queue {
     pub(crate) fn unacked(&self, st: &QueueState) -> u64 {
         st.counters
             .delivered
-            .saturating_sub(self.answers.answered.load(Ordering::Acquire))
+            .saturating_sub(self.answers.settled())
     }
 
     pub(crate) fn next_get_tag(&self) -> u64 {
@@ -606,7 +619,7 @@ impl Queue {
         for c in st.consumers.drain(..) {
             let dropped = c.cancel_by_server();
             st.counters.deleted += dropped;
-            self.answers.settle(dropped);
+            self.answers.release(dropped);
         }
         st.room.notify_all();
         n
