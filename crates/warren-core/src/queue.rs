@@ -589,9 +589,7 @@ impl Queue {
     /// every hand-out happens under the lock and precedes its answer, so the
     /// difference cannot go negative.
     pub(crate) fn unacked(&self, st: &QueueState) -> u64 {
-        st.counters
-            .delivered
-            .saturating_sub(self.answers.settled())
+        st.counters.delivered.saturating_sub(self.answers.settled())
     }
 
     pub(crate) fn next_get_tag(&self) -> u64 {
