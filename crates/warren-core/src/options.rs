@@ -213,6 +213,13 @@ pub struct ConsumeOptions {
     /// Be the queue's only consumer (403 if it has others).
     pub exclusive: bool,
     /// At most this many deliveries unanswered (0 = no limit).
+    ///
+    /// The consumer holds a hand-off ring sized to this window: the window
+    /// rounded up to a power of two, at most 1,024 entries of 128 bytes
+    /// (128 KiB); 256 entries (32 KiB) without a limit. Deliveries the window
+    /// allows beyond the ring wait in the queue, counted as ready, and are
+    /// handed over as the consumer catches up (RabbitMQ would already count
+    /// them as unacked).
     pub prefetch: u32,
     /// Consumer arguments (kept, not interpreted).
     pub arguments: FieldTable,
