@@ -354,20 +354,24 @@ impl RouteCache {
         let drops = BROKERS_DROPPED.load(Ordering::Acquire);
         if drops != self.drops_seen {
             self.drops_seen = drops;
-            self.entries.retain(|e| e.owner.strong_count() > 0);
-            if self.next >= self.entries.len() {
-                self.next = 0;
-            }
+            self.retain(|e| e.owner.strong_count() > 0);
+        }
+    }
+
+    /// Keeps the entries `keep` says to keep.
+    fn retain(&mut self, keep: impl FnMut(&CachedRoute) -> bool) {
+        self.entries.retain(keep);
+        if self.next >= self.entries.len() {
+            self.next = 0;
         }
     }
 
     fn insert(&mut self, route: CachedRoute) {
-        self.entries.retain(|e| {
+        // Entries that can never hit again: a broker that is gone, or an
+        // older topology of this one.
+        self.retain(|e| {
             e.owner.strong_count() > 0 && (e.broker != route.broker || e.topology == route.topology)
         });
-        if self.next >= self.entries.len() {
-            self.next = 0;
-        }
         if let Some(e) = self.entries.iter_mut().find(|e| {
             e.broker == route.broker
                 && e.routing_key == route.routing_key
@@ -1586,11 +1590,13 @@ impl BrokerInner {
     ) -> Result<Published, PublishError> {
         s.routes.forget_dropped_brokers();
         // The common case first: a route this thread has cached, and no
-        // headers (which may carry CC/BCC keys that change the route). It
-        // borrows the cached exchange and queues: no lookup, no reference
-        // counts. An expiration that does not parse takes the general path,
-        // which refuses it.
-        if message.properties.headers.is_none() {
+        // CC/BCC keys (which change the route; a cached route depends on
+        // nothing else in the message). It borrows the cached exchange and
+        // queues: no lookup, no reference counts. An expiration that does not
+        // parse takes the general path, which refuses it.
+        let no_cc = (message.properties.headers.as_ref())
+            .is_none_or(|h| !h.contains_key("CC") && !h.contains_key("BCC"));
+        if no_cc {
             let ttl = match message.properties.expiration.as_deref() {
                 None => Some(None),
                 Some(e) => parse_expiration(e).ok().map(Some),
@@ -2229,18 +2235,24 @@ mod tests {
         assert!(q.upgrade().is_none(), "queue leaked");
     }
 
-    #[test]
-    fn dropping_a_broker_frees_its_queues_from_this_threads_route_cache() {
+    /// A broker with a queue `q`, and a weak handle on that queue.
+    fn broker_with_q() -> (Broker, Weak<Queue>) {
         let b = Broker::new();
         b.declare_queue("q", QueueDeclareOptions::default())
             .unwrap();
+        let q = Arc::downgrade(&b.inner.queue("q").unwrap());
+        (b, q)
+    }
+
+    #[test]
+    fn dropping_a_broker_frees_its_queues_from_this_threads_route_cache() {
+        let (b, q) = broker_with_q();
         b.bind_queue("q", "amq.direct", "k", &FieldTable::new())
             .unwrap();
         // The second publish hits the route the first one cached.
         for _ in 0..2 {
             assert_eq!(b.publish("amq.direct", "k", "m").unwrap().routed, 1);
         }
-        let q = Arc::downgrade(&b.inner.queue("q").unwrap());
         drop(b);
         assert!(
             q.upgrade().is_none(),
@@ -2250,10 +2262,7 @@ mod tests {
 
     #[test]
     fn a_dropped_brokers_queues_leave_other_threads_caches_at_their_next_publish() {
-        let b = Broker::new();
-        b.declare_queue("q", QueueDeclareOptions::default())
-            .unwrap();
-        let q = Arc::downgrade(&b.inner.queue("q").unwrap());
+        let (b, q) = broker_with_q();
         let (to_publisher, publisher_rx) = std::sync::mpsc::channel::<Option<Broker>>();
         let (to_main, main_rx) = std::sync::mpsc::channel::<()>();
         let publisher = std::thread::spawn(move || {
@@ -2286,11 +2295,8 @@ mod tests {
 
     #[test]
     fn a_deleted_queue_leaves_the_route_cache_at_the_next_miss() {
-        let b = Broker::new();
-        b.declare_queue("q", QueueDeclareOptions::default())
-            .unwrap();
+        let (b, q) = broker_with_q();
         b.publish("", "q", "m").unwrap();
-        let q = Arc::downgrade(&b.inner.queue("q").unwrap());
         b.delete_queue("q", Default::default()).unwrap();
         // The broker keeps the dead queue for its totals while anything else
         // refers to it (see `Gone`); here that is the route cache.

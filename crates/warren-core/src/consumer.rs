@@ -152,8 +152,8 @@ impl ConsumerShared {
     }
 
     /// Takes one unit of prefetch credit, if the ring has room for the copy
-    /// it pays for. Only the dispatcher (under the queue lock) adds; answers
-    /// subtract concurrently.
+    /// it pays for. Only the dispatcher (under the queue lock) takes credit;
+    /// answers give it back concurrently (see [`Credit`]).
     pub(crate) fn try_take_credit(&self) -> bool {
         if !self.ring.has_room() {
             // The receiver is a ring behind (only possible with a prefetch
