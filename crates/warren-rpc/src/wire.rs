@@ -586,7 +586,7 @@ impl Esc<'_> {
         if self.bare {
             self.out.extend_from_slice(bytes);
         } else {
-            escape_into(self.out, bytes);
+            escape_into(self.out, bytes, &ONCE);
         }
     }
 
@@ -612,30 +612,12 @@ impl Esc<'_> {
             return;
         }
         let bytes = s.as_bytes();
-        let out = &mut *self.out;
         // Most strings need no escaping (see `escape_str_into`).
-        if !needs_escape(bytes) {
-            out.extend_from_slice(bytes);
-            return;
+        if needs_escape(bytes) {
+            escape_into(self.out, bytes, &TWICE);
+        } else {
+            self.out.extend_from_slice(bytes);
         }
-        let mut start = 0;
-        for (i, &b) in bytes.iter().enumerate() {
-            if !SPECIAL[usize::from(b)] {
-                continue;
-            }
-            out.extend_from_slice(&bytes[start..i]);
-            match b {
-                // `"` is `\"` inside the inner message, `\\\"` in the envelope.
-                b'"' => out.extend_from_slice(br#"\\\""#),
-                b'\\' => out.extend_from_slice(br"\\\\"),
-                _ => {
-                    out.extend_from_slice(br"\\");
-                    push_control_body(out, b);
-                }
-            }
-            start = i + 1;
-        }
-        out.extend_from_slice(&bytes[start..]);
     }
 
     fn opt_string(&mut self, s: Option<&str>) {
@@ -674,9 +656,33 @@ impl io::Write for Esc<'_> {
     }
 }
 
-/// Appends `bytes` escaped for a JSON string: `"` as `\"`, `\` as `\\`,
-/// control characters as `\u00XX`.
-fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
+/// How the special characters of a JSON string are written, at one level of
+/// escaping or at two (a string inside the envelope's `oslo.message`, itself
+/// a JSON string).
+struct Escapes {
+    quote: &'static [u8],
+    backslash: &'static [u8],
+    /// Written before `u00XX` for a control character.
+    control: &'static [u8],
+}
+
+/// `"` as `\"`, `\` as `\\`, control characters as `\u00XX`.
+const ONCE: Escapes = Escapes {
+    quote: br#"\""#,
+    backslash: br"\\",
+    control: br"\",
+};
+
+/// The escapes of [`ONCE`], escaped again: `"` is `\"` inside the inner
+/// message and `\\\"` in the envelope.
+const TWICE: Escapes = Escapes {
+    quote: br#"\\\""#,
+    backslash: br"\\\\",
+    control: br"\\",
+};
+
+/// Appends `bytes` with its special characters written as `escapes` says.
+fn escape_into(out: &mut Vec<u8>, bytes: &[u8], escapes: &Escapes) {
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if !SPECIAL[usize::from(b)] {
@@ -684,9 +690,12 @@ fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
         }
         out.extend_from_slice(&bytes[start..i]);
         match b {
-            b'"' => out.extend_from_slice(br#"\""#),
-            b'\\' => out.extend_from_slice(br"\\"),
-            _ => push_control(out, b),
+            b'"' => out.extend_from_slice(escapes.quote),
+            b'\\' => out.extend_from_slice(escapes.backslash),
+            _ => {
+                out.extend_from_slice(escapes.control);
+                push_control_body(out, b);
+            }
         }
         start = i + 1;
     }
@@ -699,7 +708,7 @@ fn escape_into(out: &mut Vec<u8>, bytes: &[u8]) {
 fn escape_str_into(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     if needs_escape(bytes) {
-        escape_into(out, bytes);
+        escape_into(out, bytes, &ONCE);
     } else {
         out.extend_from_slice(bytes);
     }
@@ -717,11 +726,6 @@ fn push_control_body(out: &mut Vec<u8>, b: u8) {
     out.extend_from_slice(b"u00");
     out.push(HEX[usize::from(b >> 4)]);
     out.push(HEX[usize::from(b & 0xf)]);
-}
-
-fn push_control(out: &mut Vec<u8>, b: u8) {
-    out.push(b'\\');
-    push_control_body(out, b);
 }
 
 /// Reads the message's fields from a body and hands them to `read`: from the

@@ -306,10 +306,7 @@ async fn casts_and_fanout_casts_have_no_reply_fields() {
     )
     .await
     .unwrap();
-    let d = broker
-        .get("probe", GetOptions::default())
-        .unwrap()
-        .expect("a cast");
+    let d = common::probed(&broker);
     assert_eq!(d.routing_key(), "compute");
     assert_eq!(d.properties().expiration, None);
     let m = inner(d.body());
@@ -442,10 +439,7 @@ async fn a_bare_transport_sends_the_message_without_the_envelope() {
         )
         .await
         .unwrap();
-    let d = broker
-        .get("probe", GetOptions::default())
-        .unwrap()
-        .expect("a cast");
+    let d = common::probed(&broker);
     let m: Value = serde_json::from_slice(d.body()).unwrap();
     assert_eq!(m["method"], "reboot");
     assert_eq!(m["args"], json!({"id": "i\"1"}));

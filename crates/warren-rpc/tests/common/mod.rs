@@ -85,6 +85,15 @@ pub fn probe(broker: &Broker, exchange: &str, key: &str) {
         .unwrap();
 }
 
+/// The next message in the probe queue (see [`probe`]); fails the test if
+/// there is none.
+pub fn probed(broker: &Broker) -> warren_core::Delivery {
+    broker
+        .get("probe", Default::default())
+        .unwrap()
+        .expect("a message in the probe queue")
+}
+
 /// A short random suffix that keeps one test's names apart from another's
 /// on a shared broker.
 pub fn unique_suffix() -> String {
