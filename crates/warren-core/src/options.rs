@@ -220,6 +220,12 @@ pub struct ConsumeOptions {
     /// allows beyond the ring wait in the queue, counted as ready, and are
     /// handed over as the consumer catches up (RabbitMQ would already count
     /// them as unacked).
+    ///
+    /// A consumer at its limit with deliveries still to receive gets its
+    /// credit back in batches of a quarter window, so that a fast publisher
+    /// and the consumer do not trade a cache line per message; one that has
+    /// received everything it was given is refilled by its next answer, as
+    /// in RabbitMQ.
     pub prefetch: u32,
     /// Consumer arguments (kept, not interpreted).
     pub arguments: FieldTable,

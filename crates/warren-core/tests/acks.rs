@@ -231,6 +231,48 @@ fn prefetch_limits_and_credit_comes_back_by_every_answer() {
 }
 
 #[test]
+fn a_full_window_refills_as_soon_as_the_consumer_has_nothing_left() {
+    // A window of 8 works through a backlog of 40. While the consumer still
+    // has deliveries to receive, its credit comes back in batches; once it
+    // has received everything it was given, a single ack brings the next.
+    let b = Broker::new();
+    queue(&b, "q");
+    let names: Vec<String> = (0..40).map(|i| i.to_string()).collect();
+    publish(
+        &b,
+        "q",
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let c = consume(&b, "q", 8);
+    let mut held = recv_n(&c, 8);
+    assert_eq!(c.try_recv().unwrap_err(), TryRecvError::Empty);
+    let first = held.remove(0);
+    let mut got = vec![body(&first)];
+    first.ack();
+    let next = c
+        .try_recv()
+        .expect("one ack refills a consumer that ran dry");
+    assert_eq!(body(&next), "8");
+    assert_eq!(c.try_recv().unwrap_err(), TryRecvError::Empty);
+    held.push(next);
+    // Answer as they come: every message arrives once, in order, and the
+    // window is never exceeded.
+    got.extend(bodies(&held));
+    for d in held {
+        d.ack();
+    }
+    while got.len() < 40 {
+        let d = c.recv_timeout(WAIT).unwrap();
+        got.push(body(&d));
+        assert!(b.queue_stats("q").unwrap().unacked <= 8);
+        d.ack();
+    }
+    assert_eq!(got, names);
+    assert_eq!(stats(&b, "q"), (0, 0, 40));
+    assert_conserved(&b);
+}
+
+#[test]
 fn round_robin_with_prefetch() {
     let b = Broker::new();
     queue(&b, "q");

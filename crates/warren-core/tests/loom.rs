@@ -27,7 +27,10 @@
 //! `dispatch_pending` flag). Today an ack at the prefetch limit leaves the
 //! dispatch owed unless the consumer has run dry, and the receiver pays it
 //! when it does (`ConsumerShared::release_credit`): the
-//! `owed_dispatch_*` models check that hand-over.
+//! `owed_dispatch_*` models check that hand-over. A consumer the dispatcher
+//! found at its limit calls it back after a batch of answers, or when it
+//! runs dry: `starved_consumer_calls_back_when_it_runs_dry` checks that
+//! second hand-over.
 #![cfg(loom)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -416,6 +419,49 @@ fn owed_dispatch_ack_vs_receiver_running_dry() {
         let (c, r) = receiver.join().unwrap();
         seen.merge(r);
         settle(&b, 3, vec![(c, 2, vec![])], vec![], seen);
+    });
+}
+
+#[test]
+fn starved_consumer_calls_back_when_it_runs_dry() {
+    // A consumer at its limit (3) with room in its ring (4 slots): the
+    // dispatcher marks it starved and stops reading its answers until it
+    // calls back, after a whole window of answers under loom, or as soon as
+    // its receiver has nothing left. The ack of d0 comes while the receiver
+    // works through d1 and d2 and then waits for d3: either the ack sees the
+    // ring empty and calls back, or the receiver, running dry, sees the ack
+    // and calls back. If both missed, the blocking `recv` would never return.
+    model("starved_consumer_calls_back_when_it_runs_dry", || {
+        let b = broker(Default::default());
+        for id in 0..4 {
+            publish(&b, id);
+        }
+        let c = consume(&b, 3);
+        let mut seen = Seen::default();
+        let d0 = c.try_recv().unwrap();
+        seen.show(&d0);
+        let acker = thread::spawn(move || {
+            let mut seen = Seen::default();
+            seen.ack(d0);
+            seen
+        });
+        let receiver = thread::spawn(move || {
+            let mut seen = Seen::default();
+            let mut held = Vec::new();
+            for _ in 0..3 {
+                let d = c.recv().unwrap();
+                seen.show(&d);
+                held.push(d);
+            }
+            for d in held {
+                seen.ack(d);
+            }
+            (c, seen)
+        });
+        seen.merge(acker.join().unwrap());
+        let (c, r) = receiver.join().unwrap();
+        seen.merge(r);
+        settle(&b, 4, vec![(c, 3, vec![])], vec![], seen);
     });
 }
 
