@@ -31,3 +31,32 @@ pub fn median(v: &mut [Duration]) -> Duration {
 pub fn quick() -> bool {
     std::env::args().any(|a| a == "--test")
 }
+
+/// Pins the calling thread to CPU `index` (of those this process may use),
+/// so that a two-thread bench runs its threads on two different CPUs, its
+/// baseline too. Unpinned, the scheduler often starts a new thread on its
+/// parent's CPU and leaves it there for milliseconds: both sides of a
+/// "two-thread" round then take turns on one CPU, and the round measures
+/// something else (crossbeam's bounded channel, whose sender parks when
+/// full, ran 3x faster that way than across two CPUs here). Does nothing
+/// with `WARREN_BENCH_PIN=0`, or with fewer than two CPUs.
+pub fn pin(index: usize) {
+    if std::env::var("WARREN_BENCH_PIN").is_ok_and(|v| v == "0") {
+        return;
+    }
+    let Some(cores) = core_affinity::get_core_ids() else {
+        return;
+    };
+    if cores.len() >= 2 {
+        core_affinity::set_for_current(cores[index % cores.len()]);
+    }
+}
+
+/// How `pin` placed two-thread rounds, for a bench's report.
+pub fn placement() -> &'static str {
+    if std::env::var("WARREN_BENCH_PIN").is_ok_and(|v| v == "0") {
+        "threads unpinned"
+    } else {
+        "threads pinned to two CPUs"
+    }
+}

@@ -4,7 +4,9 @@
 //! hop's throughput.
 //!
 //! `cargo bench --bench queue_hop` prints criterion's figures, then the
-//! median of interleaved rounds and the ratio.
+//! median of interleaved rounds and the ratio. The publishing (sending)
+//! thread runs on one CPU and the consuming one on another, for both (see
+//! `common::pin`; `WARREN_BENCH_PIN=0` leaves them to the scheduler).
 
 mod common;
 
@@ -23,6 +25,7 @@ fn crossbeam_hop(n: u64) -> Duration {
     let (tx, rx) = crossbeam_channel::bounded::<Bytes>(1024);
     let start = Instant::now();
     let consumer = thread::spawn(move || {
+        common::pin(1);
         for _ in 0..n {
             let b = rx.recv().expect("sender alive");
             std::hint::black_box(b);
@@ -62,6 +65,7 @@ fn setup(prefetch: u32) -> (Broker, warren::Consumer) {
 fn warren_hop(broker: &Broker, consumer: warren::Consumer, n: u64) -> (Duration, warren::Consumer) {
     let start = Instant::now();
     let handle = thread::spawn(move || {
+        common::pin(1);
         for _ in 0..n {
             let d = consumer.recv().expect("consumer alive");
             d.ack();
@@ -104,6 +108,7 @@ fn bench(c: &mut Criterion) {
 criterion_group!(benches, bench);
 
 fn main() {
+    common::pin(0);
     benches();
     let rounds = if common::quick() { 1 } else { 15 };
     let (broker, consumer) = setup(1000);
@@ -119,9 +124,10 @@ fn main() {
     );
     let rate = |d: Duration| BATCH as f64 / d.as_secs_f64();
     println!(
-        "queue_hop: crossbeam {:.2} M msg/s, warren {:.2} M msg/s (medians of {rounds} interleaved rounds of {BATCH}); warren/crossbeam = {:.0} %",
+        "queue_hop: crossbeam {:.2} M msg/s, warren {:.2} M msg/s (medians of {rounds} interleaved rounds of {BATCH}, {}); warren/crossbeam = {:.0} %",
         rate(raw) / 1e6,
         rate(ours) / 1e6,
+        common::placement(),
         100.0 * rate(ours) / rate(raw)
     );
     criterion::Criterion::default()
