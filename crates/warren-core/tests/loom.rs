@@ -385,41 +385,12 @@ fn ack_redispatch_vs_publisher_holding_the_lock() {
 
 #[test]
 fn owed_dispatch_ack_vs_receiver_running_dry() {
-    // A consumer at its limit with one copy still in its inbox: the ack
-    // leaves the dispatch owed (the inbox is not empty), while the receiver
-    // takes that copy and then waits for the next. Either the ack sees the
-    // inbox empty and dispatches, or the receiver sees the debt and pays it;
-    // if both missed, the blocking `recv` would never return (loom reports
-    // the deadlock).
-    model("owed_dispatch_ack_vs_receiver_running_dry", || {
-        let b = broker(Default::default());
-        for id in 0..3 {
-            publish(&b, id);
-        }
-        let c = consume(&b, 2);
-        let mut seen = Seen::default();
-        let d0 = c.try_recv().unwrap();
-        seen.show(&d0);
-        let acker = thread::spawn(move || {
-            let mut seen = Seen::default();
-            seen.ack(d0);
-            seen
-        });
-        let receiver = thread::spawn(move || {
-            let mut seen = Seen::default();
-            let d1 = c.recv().unwrap();
-            seen.show(&d1);
-            let d2 = c.recv().unwrap();
-            seen.show(&d2);
-            seen.ack(d1);
-            seen.ack(d2);
-            (c, seen)
-        });
-        seen.merge(acker.join().unwrap());
-        let (c, r) = receiver.join().unwrap();
-        seen.merge(r);
-        settle(&b, 3, vec![(c, 2, vec![])], vec![], seen);
-    });
+    // A consumer at its limit (2) whose ring (2 slots) is full: the rest of
+    // the queue is owed to it. The ack leaves the dispatch owed while the
+    // receiver still has a copy to take; the receiver takes it and then
+    // waits for the next. Either the ack sees the ring empty and
+    // dispatches, or the receiver sees the debt and pays it.
+    ack_vs_receiver_running_dry("owed_dispatch_ack_vs_receiver_running_dry", 3, 2);
 }
 
 #[test]
@@ -427,16 +398,23 @@ fn starved_consumer_calls_back_when_it_runs_dry() {
     // A consumer at its limit (3) with room in its ring (4 slots): the
     // dispatcher marks it starved and stops reading its answers until it
     // calls back, after a whole window of answers under loom, or as soon as
-    // its receiver has nothing left. The ack of d0 comes while the receiver
-    // works through d1 and d2 and then waits for d3: either the ack sees the
-    // ring empty and calls back, or the receiver, running dry, sees the ack
-    // and calls back. If both missed, the blocking `recv` would never return.
-    model("starved_consumer_calls_back_when_it_runs_dry", || {
+    // its receiver has nothing left. Either the ack sees the ring empty and
+    // calls back, or the receiver, running dry, sees the ack and calls back.
+    ack_vs_receiver_running_dry("starved_consumer_calls_back_when_it_runs_dry", 4, 3);
+}
+
+/// `n` messages for a consumer with window `prefetch` = `n - 1`: the model
+/// takes the first delivery, then one thread acks it while another receives
+/// the rest with blocking `recv`s and acks them. If the ack and the
+/// receiver running dry both missed each other, the last `recv` would never
+/// return (loom reports the deadlock).
+fn ack_vs_receiver_running_dry(name: &str, n: u8, prefetch: u32) {
+    model(name, move || {
         let b = broker(Default::default());
-        for id in 0..4 {
+        for id in 0..n {
             publish(&b, id);
         }
-        let c = consume(&b, 3);
+        let c = consume(&b, prefetch);
         let mut seen = Seen::default();
         let d0 = c.try_recv().unwrap();
         seen.show(&d0);
@@ -448,7 +426,7 @@ fn starved_consumer_calls_back_when_it_runs_dry() {
         let receiver = thread::spawn(move || {
             let mut seen = Seen::default();
             let mut held = Vec::new();
-            for _ in 0..3 {
+            for _ in 1..n {
                 let d = c.recv().unwrap();
                 seen.show(&d);
                 held.push(d);
@@ -461,7 +439,7 @@ fn starved_consumer_calls_back_when_it_runs_dry() {
         seen.merge(acker.join().unwrap());
         let (c, r) = receiver.join().unwrap();
         seen.merge(r);
-        settle(&b, 4, vec![(c, 3, vec![])], vec![], seen);
+        settle(&b, n, vec![(c, prefetch, vec![])], vec![], seen);
     });
 }
 
