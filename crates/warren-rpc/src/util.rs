@@ -106,6 +106,94 @@ impl std::fmt::Debug for Id {
     }
 }
 
+/// A short string kept inline, a longer one on the heap: for the names and
+/// ids a message needs per call (a routing key `topic.server`, a `_msg_id`
+/// of 32 hex digits), which then cost no allocation.
+#[derive(Clone)]
+pub(crate) enum SmallStr<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
+    Heap(Box<str>),
+}
+
+impl<const N: usize> SmallStr<N> {
+    /// The concatenation of `parts`.
+    pub(crate) fn concat(parts: &[&str]) -> SmallStr<N> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total > N || total > usize::from(u8::MAX) {
+            return SmallStr::Heap(parts.concat().into_boxed_str());
+        }
+        let mut bytes = [0u8; N];
+        let mut len = 0;
+        for p in parts {
+            bytes[len..len + p.len()].copy_from_slice(p.as_bytes());
+            len += p.len();
+        }
+        SmallStr::Inline {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Whole `&str`s were copied in: always UTF-8.
+            SmallStr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            SmallStr::Heap(s) => s,
+        }
+    }
+}
+
+impl<const N: usize> From<&str> for SmallStr<N> {
+    fn from(s: &str) -> Self {
+        SmallStr::concat(&[s])
+    }
+}
+
+impl<const N: usize> AsRef<str> for SmallStr<N> {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> std::ops::Deref for SmallStr<N> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for SmallStr<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// The future of a transport operation that succeeded on the spot. It has
+/// no size, so boxing it (as [`BoxFuture`](crate::BoxFuture)s are) costs no
+/// allocation, unlike a boxed `std::future::Ready`.
+pub(crate) struct Done;
+
+impl Future for Done {
+    type Output = Result<(), crate::TransportError>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `result` as a boxed future, allocating only for an error (see [`Done`]).
+pub(crate) fn finished(
+    result: Result<(), crate::TransportError>,
+) -> crate::BoxFuture<'static, Result<(), crate::TransportError>> {
+    match result {
+        Ok(()) => Box::pin(Done),
+        Err(e) => Box::pin(std::future::ready(Err(e))),
+    }
+}
+
 /// A hasher for keys that are already well spread (counters): one multiply.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct CounterHasher(u64);
@@ -226,6 +314,18 @@ mod tests {
         assert_eq!(IdGen::new().parse(&s), None);
         assert_eq!(g.parse("xyz"), None);
         assert_eq!(g.parse(&"é".repeat(16)), None);
+    }
+
+    #[test]
+    fn small_strings() {
+        let k = SmallStr::<8>::concat(&["ab", ".", "cd"]);
+        assert!(matches!(k, SmallStr::Inline { len: 5, .. }));
+        assert_eq!(&*k, "ab.cd");
+        let long = SmallStr::<8>::concat(&["topic", ".", "\u{e9}server"]);
+        assert!(matches!(long, SmallStr::Heap(_)));
+        assert_eq!(&*long, "topic.\u{e9}server");
+        assert_eq!(SmallStr::<4>::from("").as_str(), "");
+        assert_eq!(format!("{:?}", SmallStr::<4>::from("x")), "\"x\"");
     }
 
     #[test]
