@@ -442,7 +442,19 @@ pub(crate) fn encode_request(
     fields: &RequestFields<'_>,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
-    let mut out = wrap.start(192 + message.args.get().len() + 32 * ctx.len());
+    let strings = [
+        Some(message.method.as_str()),
+        message.namespace.as_deref(),
+        message.version.as_deref(),
+        fields.msg_id,
+        fields.reply_q,
+        fields.unique_id,
+    ];
+    let text = 128
+        + strings.iter().flatten().map(|s| s.len()).sum::<usize>()
+        + message.args.get().len()
+        + 48 * ctx.len();
+    let mut out = wrap.start(text);
     {
         let mut w = wrap.writer(&mut out);
         lit!(w, r#"{"method":"#);
@@ -512,7 +524,13 @@ pub(crate) fn encode_reply(
     unique_id: &str,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
-    let mut out = wrap.start(128 + result.map_or(4, |r| r.get().len()));
+    let failure = failure.map(RemoteError::to_failure_json);
+    let text = 96
+        + msg_id.len()
+        + unique_id.len()
+        + result.map_or(0, |r| r.get().len())
+        + failure.as_ref().map_or(0, String::len);
+    let mut out = wrap.start(text);
     {
         let mut w = wrap.writer(&mut out);
         lit!(w, r#"{"result":"#);
@@ -521,8 +539,8 @@ pub(crate) fn encode_reply(
             None => lit!(w, "null"),
         }
         lit!(w, r#","failure":"#);
-        match failure {
-            Some(f) => w.string(&f.to_failure_json()),
+        match &failure {
+            Some(f) => w.string(f),
             None => lit!(w, "null"),
         }
         if ending {
@@ -553,16 +571,17 @@ pub(crate) enum Wrap {
 impl Wrap {
     const HEAD: &'static [u8] = b"{\"oslo.version\":\"2.0\",\"oslo.message\":\"";
 
-    /// A buffer for a message of about `capacity` bytes, and the writer that
-    /// fills it.
-    fn start(self, capacity: usize) -> Vec<u8> {
+    /// A buffer for a message of about `text` bytes of JSON text, with room
+    /// for the escapes the envelope adds (a quarter more: the quotes of the
+    /// keys and strings), so that it is rarely grown.
+    fn start(self, text: usize) -> Vec<u8> {
         match self {
             Wrap::Envelope => {
-                let mut out = Vec::with_capacity(capacity + Self::HEAD.len() + 2);
+                let mut out = Vec::with_capacity(text + text / 4 + Self::HEAD.len() + 2);
                 out.extend_from_slice(Self::HEAD);
                 out
             }
-            Wrap::Bare => Vec::with_capacity(capacity),
+            Wrap::Bare => Vec::with_capacity(text),
         }
     }
 
