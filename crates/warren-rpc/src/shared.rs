@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::error::TransportError;
 use crate::transport::{Reply, TransportStats};
-use crate::util::{log_debug, log_warn, BuildCounterHasher, IdGen, SmallStr};
+use crate::util::{log_debug, log_warn, parse_hex, BuildCounterHasher, IdGen, SmallStr};
 use crate::wire::read_reply;
 
 /// A transport's counters (see [`TransportStats`]).
@@ -213,8 +213,8 @@ impl SeenKey {
     /// message is never taken for a duplicate.
     pub(crate) fn of(unique_id: Option<&str>) -> Option<SeenKey> {
         let id = unique_id.filter(|s| !s.is_empty())?;
-        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            if let Ok(n) = u128::from_str_radix(id, 16) {
+        if id.len() == 32 {
+            if let Some(n) = parse_hex(id.as_bytes()) {
                 return Some(SeenKey::Hex(n));
             }
         }

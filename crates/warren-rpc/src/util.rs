@@ -67,15 +67,30 @@ impl IdGen {
 
     /// The counter of an id this generator made, if it is one.
     pub(crate) fn parse(&self, id: &str) -> Option<u64> {
-        if id.len() != 32 || !id.is_ascii() {
+        let (prefix, counter) = id.as_bytes().split_at_checked(16)?;
+        if counter.len() != 16 || parse_hex(prefix)? != u128::from(self.prefix) {
             return None;
         }
-        let prefix = u64::from_str_radix(&id[..16], 16).ok()?;
-        if prefix != self.prefix {
-            return None;
-        }
-        u64::from_str_radix(&id[16..], 16).ok()
+        u64::try_from(parse_hex(counter)?).ok()
     }
+}
+
+/// The number written in hex digits (either case), at most 32 of them: a
+/// plain loop, several times cheaper than `from_str_radix` on these ids
+/// (and without its leading `+`).
+pub(crate) fn parse_hex(digits: &[u8]) -> Option<u128> {
+    if digits.is_empty() || digits.len() > 32 {
+        return None;
+    }
+    digits.iter().try_fold(0u128, |n, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u128::from(v))
+    })
 }
 
 /// An id's text, on the stack.
@@ -314,6 +329,19 @@ mod tests {
         assert_eq!(IdGen::new().parse(&s), None);
         assert_eq!(g.parse("xyz"), None);
         assert_eq!(g.parse(&"é".repeat(16)), None);
+        assert_eq!(g.parse(&s.to_ascii_uppercase()), Some(n));
+        assert_eq!(g.parse(&format!("{}+{}", &s[..16], &s[17..])), None);
+        assert_eq!(g.parse(&format!("{s}0")), None);
+    }
+
+    #[test]
+    fn hex() {
+        assert_eq!(parse_hex(b"0"), Some(0));
+        assert_eq!(parse_hex(b"fF09"), Some(0xff09));
+        assert_eq!(parse_hex(&[b'f'; 32]), Some(u128::MAX));
+        for bad in [&b""[..], b"+1", b"g", b"-1", b" 1", &[b'1'; 33]] {
+            assert_eq!(parse_hex(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
