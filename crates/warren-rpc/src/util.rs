@@ -47,14 +47,18 @@ pub(crate) use {log_debug, log_error, log_warn};
 #[derive(Debug)]
 pub(crate) struct IdGen {
     prefix: u64,
+    /// `prefix` in hex digits, the first half of every id.
+    prefix_text: [u8; 16],
     next: AtomicU64,
 }
 
 impl IdGen {
     pub(crate) fn new() -> IdGen {
         let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
+        let prefix = hi ^ lo.rotate_left(17);
         IdGen {
-            prefix: hi ^ lo.rotate_left(17),
+            prefix,
+            prefix_text: hex16(prefix),
             next: AtomicU64::new(1),
         }
     }
@@ -62,7 +66,10 @@ impl IdGen {
     /// The next id: its counter and its text.
     pub(crate) fn next(&self) -> (u64, Id) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        (n, Id::new(self.prefix, n))
+        let mut text = [0u8; 32];
+        text[..16].copy_from_slice(&self.prefix_text);
+        text[16..].copy_from_slice(&hex16(n));
+        (n, Id(text))
     }
 
     /// The counter of an id this generator made, if it is one.
@@ -97,18 +104,27 @@ pub(crate) fn parse_hex(digits: &[u8]) -> Option<u128> {
 #[derive(Clone, Copy)]
 pub(crate) struct Id([u8; 32]);
 
-impl Id {
-    fn new(a: u64, b: u64) -> Id {
+/// `word` in 16 lowercase hex digits, a byte (two digits) at a time.
+fn hex16(word: u64) -> [u8; 16] {
+    /// The two digits of each byte.
+    const PAIRS: [[u8; 2]; 256] = {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 32];
-        for (half, word) in out.chunks_exact_mut(16).zip([a, b]) {
-            for (i, d) in half.iter_mut().enumerate() {
-                *d = HEX[((word >> ((15 - i) * 4)) & 0xf) as usize];
-            }
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
         }
-        Id(out)
+        t
+    };
+    let mut out = [0u8; 16];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(word.to_be_bytes()) {
+        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
     }
+    out
+}
 
+impl Id {
     pub(crate) fn as_str(&self) -> &str {
         // Hex digits only: always UTF-8.
         std::str::from_utf8(&self.0).unwrap_or_default()
@@ -332,6 +348,15 @@ mod tests {
         assert_eq!(g.parse(&s.to_ascii_uppercase()), Some(n));
         assert_eq!(g.parse(&format!("{}+{}", &s[..16], &s[17..])), None);
         assert_eq!(g.parse(&format!("{s}0")), None);
+    }
+
+    #[test]
+    fn ids_are_hex_of_prefix_and_counter() {
+        let g = IdGen::new();
+        let (n, id) = g.next();
+        assert_eq!(id.as_str(), format!("{:016x}{:016x}", g.prefix, n));
+        assert_eq!(hex16(0x0123_4567_89ab_cdef), *b"0123456789abcdef");
+        assert_eq!(hex16(u64::MAX), *b"ffffffffffffffff");
     }
 
     #[test]
