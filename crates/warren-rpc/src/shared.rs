@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::error::TransportError;
 use crate::transport::{Reply, TransportStats};
-use crate::util::{log_debug, log_warn, BuildCounterHasher, IdGen};
+use crate::util::{log_debug, log_warn, parse_hex, BuildCounterHasher, IdGen, SmallStr};
 use crate::wire::read_reply;
 
 /// A transport's counters (see [`TransportStats`]).
@@ -213,8 +213,8 @@ impl SeenKey {
     /// message is never taken for a duplicate.
     pub(crate) fn of(unique_id: Option<&str>) -> Option<SeenKey> {
         let id = unique_id.filter(|s| !s.is_empty())?;
-        if id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            if let Ok(n) = u128::from_str_radix(id, 16) {
+        if id.len() == 32 {
+            if let Some(n) = parse_hex(id.as_bytes()) {
                 return Some(SeenKey::Hex(n));
             }
         }
@@ -293,28 +293,23 @@ impl SeenIds {
 }
 
 /// Where oslo's rabbit driver sends a request for a target.
-pub(crate) enum RequestRoute<'a> {
+pub(crate) enum RequestRoute {
     /// Fanout: exchange `<topic>_fanout`, routing key `""`.
     Fanout(String),
-    /// The target's topic exchange, routing key `topic` or `topic.server`.
-    Topic(std::borrow::Cow<'a, str>),
+    /// The target's topic exchange, routing key `topic` or `topic.server`
+    /// (inline when short: no allocation per request).
+    Topic(SmallStr<64>),
 }
 
 /// The route of a request for `target`, as oslo's rabbit driver lays it out
 /// (shared by every transport, so they cannot drift apart).
-pub(crate) fn request_route(target: &crate::Target) -> RequestRoute<'_> {
+pub(crate) fn request_route(target: &crate::Target) -> RequestRoute {
     if target.fanout {
         return RequestRoute::Fanout(format!("{}_fanout", target.topic));
     }
     match &target.server {
-        Some(s) => {
-            let mut k = String::with_capacity(target.topic.len() + 1 + s.len());
-            k.push_str(&target.topic);
-            k.push('.');
-            k.push_str(s);
-            RequestRoute::Topic(k.into())
-        }
-        None => RequestRoute::Topic(target.topic.as_str().into()),
+        Some(s) => RequestRoute::Topic(SmallStr::concat(&[&target.topic, ".", s])),
+        None => RequestRoute::Topic(SmallStr::from(target.topic.as_str())),
     }
 }
 

@@ -47,14 +47,18 @@ pub(crate) use {log_debug, log_error, log_warn};
 #[derive(Debug)]
 pub(crate) struct IdGen {
     prefix: u64,
+    /// `prefix` in hex digits, the first half of every id.
+    prefix_text: [u8; 16],
     next: AtomicU64,
 }
 
 impl IdGen {
     pub(crate) fn new() -> IdGen {
         let (hi, lo) = uuid::Uuid::new_v4().as_u64_pair();
+        let prefix = hi ^ lo.rotate_left(17);
         IdGen {
-            prefix: hi ^ lo.rotate_left(17),
+            prefix,
+            prefix_text: hex16(prefix),
             next: AtomicU64::new(1),
         }
     }
@@ -62,38 +66,65 @@ impl IdGen {
     /// The next id: its counter and its text.
     pub(crate) fn next(&self) -> (u64, Id) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        (n, Id::new(self.prefix, n))
+        let mut text = [0u8; 32];
+        text[..16].copy_from_slice(&self.prefix_text);
+        text[16..].copy_from_slice(&hex16(n));
+        (n, Id(text))
     }
 
     /// The counter of an id this generator made, if it is one.
     pub(crate) fn parse(&self, id: &str) -> Option<u64> {
-        if id.len() != 32 || !id.is_ascii() {
+        let (prefix, counter) = id.as_bytes().split_at_checked(16)?;
+        if counter.len() != 16 || parse_hex(prefix)? != u128::from(self.prefix) {
             return None;
         }
-        let prefix = u64::from_str_radix(&id[..16], 16).ok()?;
-        if prefix != self.prefix {
-            return None;
-        }
-        u64::from_str_radix(&id[16..], 16).ok()
+        u64::try_from(parse_hex(counter)?).ok()
     }
+}
+
+/// The number written in hex digits (either case), at most 32 of them: a
+/// plain loop, several times cheaper than `from_str_radix` on these ids
+/// (and without its leading `+`).
+pub(crate) fn parse_hex(digits: &[u8]) -> Option<u128> {
+    if digits.is_empty() || digits.len() > 32 {
+        return None;
+    }
+    digits.iter().try_fold(0u128, |n, &d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            b'A'..=b'F' => d - b'A' + 10,
+            _ => return None,
+        };
+        Some(n << 4 | u128::from(v))
+    })
 }
 
 /// An id's text, on the stack.
 #[derive(Clone, Copy)]
 pub(crate) struct Id([u8; 32]);
 
-impl Id {
-    fn new(a: u64, b: u64) -> Id {
+/// `word` in 16 lowercase hex digits, a byte (two digits) at a time.
+fn hex16(word: u64) -> [u8; 16] {
+    /// The two digits of each byte.
+    const PAIRS: [[u8; 2]; 256] = {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut out = [0u8; 32];
-        for (half, word) in out.chunks_exact_mut(16).zip([a, b]) {
-            for (i, d) in half.iter_mut().enumerate() {
-                *d = HEX[((word >> ((15 - i) * 4)) & 0xf) as usize];
-            }
+        let mut t = [[0u8; 2]; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+            i += 1;
         }
-        Id(out)
+        t
+    };
+    let mut out = [0u8; 16];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(word.to_be_bytes()) {
+        pair.copy_from_slice(&PAIRS[usize::from(byte)]);
     }
+    out
+}
 
+impl Id {
     pub(crate) fn as_str(&self) -> &str {
         // Hex digits only: always UTF-8.
         std::str::from_utf8(&self.0).unwrap_or_default()
@@ -103,6 +134,94 @@ impl Id {
 impl std::fmt::Debug for Id {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A short string kept inline, a longer one on the heap: for the names and
+/// ids a message needs per call (a routing key `topic.server`, a `_msg_id`
+/// of 32 hex digits), which then cost no allocation.
+#[derive(Clone)]
+pub(crate) enum SmallStr<const N: usize> {
+    Inline { len: u8, bytes: [u8; N] },
+    Heap(Box<str>),
+}
+
+impl<const N: usize> SmallStr<N> {
+    /// The concatenation of `parts`.
+    pub(crate) fn concat(parts: &[&str]) -> SmallStr<N> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if total > N || total > usize::from(u8::MAX) {
+            return SmallStr::Heap(parts.concat().into_boxed_str());
+        }
+        let mut bytes = [0u8; N];
+        let mut len = 0;
+        for p in parts {
+            bytes[len..len + p.len()].copy_from_slice(p.as_bytes());
+            len += p.len();
+        }
+        SmallStr::Inline {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            // Whole `&str`s were copied in: always UTF-8.
+            SmallStr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            SmallStr::Heap(s) => s,
+        }
+    }
+}
+
+impl<const N: usize> From<&str> for SmallStr<N> {
+    fn from(s: &str) -> Self {
+        SmallStr::concat(&[s])
+    }
+}
+
+impl<const N: usize> AsRef<str> for SmallStr<N> {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> std::ops::Deref for SmallStr<N> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for SmallStr<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// The future of a transport operation that succeeded on the spot. It has
+/// no size, so boxing it (as [`BoxFuture`](crate::BoxFuture)s are) costs no
+/// allocation, unlike a boxed `std::future::Ready`.
+pub(crate) struct Done;
+
+impl Future for Done {
+    type Output = Result<(), crate::TransportError>;
+
+    fn poll(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `result` as a boxed future, allocating only for an error (see [`Done`]).
+pub(crate) fn finished(
+    result: Result<(), crate::TransportError>,
+) -> crate::BoxFuture<'static, Result<(), crate::TransportError>> {
+    match result {
+        Ok(()) => Box::pin(Done),
+        Err(e) => Box::pin(std::future::ready(Err(e))),
     }
 }
 
@@ -226,6 +345,40 @@ mod tests {
         assert_eq!(IdGen::new().parse(&s), None);
         assert_eq!(g.parse("xyz"), None);
         assert_eq!(g.parse(&"é".repeat(16)), None);
+        assert_eq!(g.parse(&s.to_ascii_uppercase()), Some(n));
+        assert_eq!(g.parse(&format!("{}+{}", &s[..16], &s[17..])), None);
+        assert_eq!(g.parse(&format!("{s}0")), None);
+    }
+
+    #[test]
+    fn ids_are_hex_of_prefix_and_counter() {
+        let g = IdGen::new();
+        let (n, id) = g.next();
+        assert_eq!(id.as_str(), format!("{:016x}{:016x}", g.prefix, n));
+        assert_eq!(hex16(0x0123_4567_89ab_cdef), *b"0123456789abcdef");
+        assert_eq!(hex16(u64::MAX), *b"ffffffffffffffff");
+    }
+
+    #[test]
+    fn hex() {
+        assert_eq!(parse_hex(b"0"), Some(0));
+        assert_eq!(parse_hex(b"fF09"), Some(0xff09));
+        assert_eq!(parse_hex(&[b'f'; 32]), Some(u128::MAX));
+        for bad in [&b""[..], b"+1", b"g", b"-1", b" 1", &[b'1'; 33]] {
+            assert_eq!(parse_hex(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn small_strings() {
+        let k = SmallStr::<8>::concat(&["ab", ".", "cd"]);
+        assert!(matches!(k, SmallStr::Inline { len: 5, .. }));
+        assert_eq!(&*k, "ab.cd");
+        let long = SmallStr::<8>::concat(&["topic", ".", "\u{e9}server"]);
+        assert!(matches!(long, SmallStr::Heap(_)));
+        assert_eq!(&*long, "topic.\u{e9}server");
+        assert_eq!(SmallStr::<4>::from("").as_str(), "");
+        assert_eq!(format!("{:?}", SmallStr::<4>::from("x")), "\"x\"");
     }
 
     #[test]

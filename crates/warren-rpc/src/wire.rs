@@ -13,6 +13,8 @@ use crate::context::Context;
 use crate::error::RemoteError;
 use crate::target::Version;
 
+mod fast;
+
 const ENVELOPE_VERSION: Version = Version::new(2, 0);
 const CONTEXT_PREFIX: &str = "_context_";
 
@@ -161,7 +163,10 @@ fn truncate(s: &str, n: usize) -> &str {
 /// ([`InprocTransport::with_envelope`](crate::InprocTransport::with_envelope)).
 ///
 /// Encoding writes the inner message straight into the envelope's string,
-/// escaping as it goes: one pass, one buffer.
+/// escaping as it goes: one pass, one buffer. Decoding reads a message in
+/// the usual form (this crate's or Python's) straight from the envelope's
+/// string in one pass, too, and anything else by unescaping the message
+/// first.
 #[derive(Clone, Debug)]
 pub struct WireRequest {
     /// Method, arguments, namespace, version.
@@ -206,30 +211,59 @@ impl WireRequest {
     ///
     /// [`WireError`] for bad JSON, an unsupported envelope, or no `method`.
     pub fn decode(body: &[u8]) -> Result<WireRequest, WireError> {
-        read_fields(body, WireRequest::from_fields)
+        read_request(body, |r| WireRequest {
+            message: r.message,
+            ctx: r.ctx,
+            msg_id: r.msg_id.map(Cow::into_owned),
+            reply_q: r.reply_q.map(Cow::into_owned),
+            unique_id: r.unique_id.map(Cow::into_owned),
+            timeout: r.timeout,
+        })
     }
+}
 
-    fn from_fields(f: Fields<'_>) -> Result<WireRequest, WireError> {
-        let method = f.method.ok_or(WireError::Missing("method"))?;
-        let args = match f.args {
+/// A request as read, its bookkeeping fields borrowed from the body where
+/// they can be: a listener needs `_unique_id` only to look it up, and keeps
+/// `_msg_id` and `_reply_q` as it likes.
+pub(crate) struct RequestParts<'a> {
+    pub(crate) message: RpcMessage,
+    pub(crate) ctx: Context,
+    pub(crate) msg_id: Option<Cow<'a, str>>,
+    pub(crate) reply_q: Option<Cow<'a, str>>,
+    pub(crate) unique_id: Option<Cow<'a, str>>,
+    pub(crate) timeout: Option<f64>,
+}
+
+/// Reads a request body (envelope or bare message) and hands it to `f`.
+///
+/// # Errors
+///
+/// As [`WireRequest::decode`].
+pub(crate) fn read_request<R>(
+    body: &[u8],
+    f: impl FnOnce(RequestParts<'_>) -> R,
+) -> Result<R, WireError> {
+    read_fields(body, |fields| {
+        let method = fields.method.ok_or(WireError::Missing("method"))?;
+        let args = match fields.args {
             Some(a) if a.get().starts_with('{') => a,
             Some(a) if a.get() != "null" => return Err(WireError::Invalid("args")),
             _ => empty_object().map_err(|_| WireError::Invalid("args"))?,
         };
-        Ok(WireRequest {
+        Ok(f(RequestParts {
             message: RpcMessage {
-                method,
+                method: method.into_owned(),
                 args,
-                namespace: f.namespace,
-                version: f.version,
+                namespace: fields.namespace.map(Cow::into_owned),
+                version: fields.version.map(Cow::into_owned),
             },
-            ctx: Context::from(f.ctx),
-            msg_id: f.msg_id.map(Cow::into_owned),
-            reply_q: f.reply_q,
-            unique_id: f.unique_id.map(Cow::into_owned),
-            timeout: f.timeout,
-        })
-    }
+            ctx: Context::from(fields.ctx),
+            msg_id: fields.msg_id,
+            reply_q: fields.reply_q,
+            unique_id: fields.unique_id,
+            timeout: fields.timeout,
+        }))
+    })
 }
 
 /// A reply as it travels.
@@ -378,13 +412,14 @@ impl WireNotification {
             Some(p) => p,
             None => RawValue::NULL.to_owned(),
         };
+        let owned = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
         Ok(WireNotification {
-            message_id: f.message_id.unwrap_or_default(),
-            publisher_id: f.publisher_id.unwrap_or_default(),
-            event_type: f.event_type.ok_or(WireError::Missing("event_type"))?,
-            priority: f.priority.ok_or(WireError::Missing("priority"))?,
+            message_id: owned(f.message_id).unwrap_or_default(),
+            publisher_id: owned(f.publisher_id).unwrap_or_default(),
+            event_type: owned(f.event_type).ok_or(WireError::Missing("event_type"))?,
+            priority: owned(f.priority).ok_or(WireError::Missing("priority"))?,
             payload,
-            timestamp: f.timestamp.unwrap_or_default(),
+            timestamp: owned(f.timestamp).unwrap_or_default(),
             ctx: Context::from(f.ctx),
             unique_id: f.unique_id.map(Cow::into_owned),
         })
@@ -407,7 +442,19 @@ pub(crate) fn encode_request(
     fields: &RequestFields<'_>,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
-    let mut out = wrap.start(192 + message.args.get().len() + 32 * ctx.len());
+    let strings = [
+        Some(message.method.as_str()),
+        message.namespace.as_deref(),
+        message.version.as_deref(),
+        fields.msg_id,
+        fields.reply_q,
+        fields.unique_id,
+    ];
+    let text = 128
+        + strings.iter().flatten().map(|s| s.len()).sum::<usize>()
+        + message.args.get().len()
+        + 48 * ctx.len();
+    let mut out = wrap.start(text);
     {
         let mut w = wrap.writer(&mut out);
         lit!(w, r#"{"method":"#);
@@ -477,7 +524,13 @@ pub(crate) fn encode_reply(
     unique_id: &str,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
-    let mut out = wrap.start(128 + result.map_or(4, |r| r.get().len()));
+    let failure = failure.map(RemoteError::to_failure_json);
+    let text = 96
+        + msg_id.len()
+        + unique_id.len()
+        + result.map_or(0, |r| r.get().len())
+        + failure.as_ref().map_or(0, String::len);
+    let mut out = wrap.start(text);
     {
         let mut w = wrap.writer(&mut out);
         lit!(w, r#"{"result":"#);
@@ -486,8 +539,8 @@ pub(crate) fn encode_reply(
             None => lit!(w, "null"),
         }
         lit!(w, r#","failure":"#);
-        match failure {
-            Some(f) => w.string(&f.to_failure_json()),
+        match &failure {
+            Some(f) => w.string(f),
             None => lit!(w, "null"),
         }
         if ending {
@@ -518,16 +571,17 @@ pub(crate) enum Wrap {
 impl Wrap {
     const HEAD: &'static [u8] = b"{\"oslo.version\":\"2.0\",\"oslo.message\":\"";
 
-    /// A buffer for a message of about `capacity` bytes, and the writer that
-    /// fills it.
-    fn start(self, capacity: usize) -> Vec<u8> {
+    /// A buffer for a message of about `text` bytes of JSON text, with room
+    /// for the escapes the envelope adds (a quarter more: the quotes of the
+    /// keys and strings), so that it is rarely grown.
+    fn start(self, text: usize) -> Vec<u8> {
         match self {
             Wrap::Envelope => {
-                let mut out = Vec::with_capacity(capacity + Self::HEAD.len() + 2);
+                let mut out = Vec::with_capacity(text + text / 4 + Self::HEAD.len() + 2);
                 out.extend_from_slice(Self::HEAD);
                 out
             }
-            Wrap::Bare => Vec::with_capacity(capacity),
+            Wrap::Bare => Vec::with_capacity(text),
         }
     }
 
@@ -735,6 +789,20 @@ fn read_fields<R>(
     body: &[u8],
     read: impl FnOnce(Fields<'_>) -> Result<R, WireError>,
 ) -> Result<R, WireError> {
+    // The usual form, in one pass; anything else (and any error) in the
+    // general way.
+    match fast::read(body) {
+        Some(fields) => read(fields),
+        None => read_fields_general(body, read),
+    }
+}
+
+/// [`read_fields`] for any form: the message unescaped from the envelope
+/// first, then read by serde.
+fn read_fields_general<R>(
+    body: &[u8],
+    read: impl FnOnce(Fields<'_>) -> Result<R, WireError>,
+) -> Result<R, WireError> {
     if let Some(inner) = open_envelope_fast(body) {
         return read(serde_json::from_str(&inner)?);
     }
@@ -902,26 +970,27 @@ fn open_envelope_slow(body: &[u8]) -> Result<String, WireError> {
 }
 
 /// Every field any of the three message kinds has; what is absent stays
-/// `None`.
+/// `None`. Strings are borrowed from the text read when they have no
+/// escapes (most: ids, names, methods).
 #[derive(Default)]
 struct Fields<'de> {
-    method: Option<String>,
+    method: Option<Cow<'de, str>>,
     args: Option<Box<RawValue>>,
-    namespace: Option<String>,
-    version: Option<String>,
+    namespace: Option<Cow<'de, str>>,
+    version: Option<Cow<'de, str>>,
     msg_id: Option<Cow<'de, str>>,
-    reply_q: Option<String>,
+    reply_q: Option<Cow<'de, str>>,
     unique_id: Option<Cow<'de, str>>,
     timeout: Option<f64>,
     result: Option<Box<RawValue>>,
     failure: Option<Value>,
     ending: bool,
-    message_id: Option<String>,
-    publisher_id: Option<String>,
-    event_type: Option<String>,
-    priority: Option<String>,
+    message_id: Option<Cow<'de, str>>,
+    publisher_id: Option<Cow<'de, str>>,
+    event_type: Option<Cow<'de, str>>,
+    priority: Option<Cow<'de, str>>,
     payload: Option<Box<RawValue>>,
-    timestamp: Option<String>,
+    timestamp: Option<Cow<'de, str>>,
     ctx: Map<String, Value>,
     /// `oslo.version` or `oslo.message` was among the keys: an envelope.
     enveloped: bool,
@@ -1001,30 +1070,32 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                 let mut f = Fields::default();
                 while let Some(key) = map.next_key::<Key>()? {
                     match key {
-                        Key::Method => f.method = map.next_value()?,
+                        Key::Method => f.method = next_str(&mut map)?,
                         Key::Args => f.args = Some(map.next_value()?),
-                        Key::Namespace => f.namespace = map.next_value()?,
+                        Key::Namespace => f.namespace = next_str(&mut map)?,
                         Key::Version => {
-                            f.version = map.next_value::<Option<VersionText>>()?.map(|v| v.0)
+                            f.version = map
+                                .next_value::<Option<VersionText>>()?
+                                .map(|v| Cow::Owned(v.0))
                         }
-                        Key::MsgId => f.msg_id = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0),
-                        Key::ReplyQ => f.reply_q = map.next_value()?,
-                        Key::UniqueId => {
-                            f.unique_id = map.next_value::<Option<Str<'de>>>()?.map(|s| s.0)
-                        }
+                        Key::MsgId => f.msg_id = next_str(&mut map)?,
+                        Key::ReplyQ => f.reply_q = next_str(&mut map)?,
+                        Key::UniqueId => f.unique_id = next_str(&mut map)?,
                         Key::Timeout => f.timeout = map.next_value::<Value>()?.as_f64(),
                         Key::Result => f.result = Some(map.next_value()?),
                         Key::Failure => f.failure = Some(map.next_value()?),
                         Key::Ending => {
                             f.ending = map.next_value::<Value>()?.as_bool().unwrap_or(false)
                         }
-                        Key::MessageId => f.message_id = map.next_value()?,
-                        Key::PublisherId => f.publisher_id = map.next_value()?,
-                        Key::EventType => f.event_type = map.next_value()?,
-                        Key::Priority => f.priority = map.next_value()?,
+                        Key::MessageId => f.message_id = next_str(&mut map)?,
+                        Key::PublisherId => f.publisher_id = next_str(&mut map)?,
+                        Key::EventType => f.event_type = next_str(&mut map)?,
+                        Key::Priority => f.priority = next_str(&mut map)?,
                         Key::Payload => f.payload = Some(map.next_value()?),
                         Key::Timestamp => {
-                            f.timestamp = map.next_value::<Option<TimestampText>>()?.map(|t| t.0)
+                            f.timestamp = map
+                                .next_value::<Option<TimestampText>>()?
+                                .map(|t| Cow::Owned(t.0))
                         }
                         Key::Context(k) => {
                             let v: Value = map.next_value()?;
@@ -1044,6 +1115,12 @@ impl<'de> Deserialize<'de> for Fields<'de> {
         }
         d.deserialize_map(FieldsVisitor)
     }
+}
+
+/// The next value of `map`, a string or `null`, borrowed from the input
+/// when it has no escapes.
+fn next_str<'de, A: MapAccess<'de>>(map: &mut A) -> Result<Option<Cow<'de, str>>, A::Error> {
+    Ok(map.next_value::<Option<Str<'de>>>()?.map(|s| s.0))
 }
 
 /// A string, borrowed from the input when it has no escapes.
