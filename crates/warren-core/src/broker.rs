@@ -46,12 +46,14 @@ use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::clock::{unix_seconds, Clock};
 use crate::consumer::{Consumer, ConsumerShared, Delivery};
 use crate::error::{Error, Result};
 use crate::exchange::{Dest, Exchange};
 use crate::field::{AMQPValue, FieldTable};
-use crate::message::{Content, Message};
+use crate::message::{BasicProperties, Content, Message, SharedProperties};
 use crate::options::{
     BrokerOptions, ConsumeOptions, ExchangeDeclareOptions, ExchangeKind, GetOptions, Overflow,
     OwnerId, QueueDeclareOk, QueueDeclareOptions, QueueDeleteOptions,
@@ -794,6 +796,26 @@ impl Broker {
         let mut message = message.into();
         self.inner
             .publish(exchange, routing_key, &mut message, Wait::Block)
+    }
+
+    /// Publishes a body with properties shared with other messages (see
+    /// [`SharedProperties`]): as [`publish`](Self::publish) in every other
+    /// respect, with no copy of the properties when the route is one this
+    /// thread has published on before.
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Self::publish); the message handed back holds a copy of
+    /// the properties.
+    pub fn publish_shared(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &SharedProperties,
+        body: impl Into<Bytes>,
+    ) -> Result<Published, PublishError> {
+        self.inner
+            .publish_shared(exchange, routing_key, properties, body.into())
     }
 
     /// Publishes without ever waiting.
@@ -1580,6 +1602,54 @@ impl BrokerInner {
         })
     }
 
+    fn publish_shared(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        properties: &SharedProperties,
+        body: Bytes,
+    ) -> Result<Published, PublishError> {
+        let mut body = Some(body);
+        if let Some(ttl) = fast_ttl(properties.properties()) {
+            let fast = SCRATCH.with(|cell| {
+                let mut s = cell.try_borrow_mut().ok()?;
+                self.on_cached_route(&mut s, exchange, routing_key, |x, queues| {
+                    let body = body.take().unwrap_or_default();
+                    let content = Content::shared(&x.name, routing_key, properties, body);
+                    self.offer_all(x, queues, content, ttl, None, Wait::Block)
+                })
+            });
+            if let Some(r) = fast {
+                return r;
+            }
+        }
+        let mut message = Message {
+            properties: properties.properties().clone(),
+            body: body.unwrap_or_default(),
+        };
+        self.publish(exchange, routing_key, &mut message, Wait::Block)
+    }
+
+    /// The common case of a publish: a route this thread has cached. `offer`
+    /// gets the cached exchange and queues, borrowed: no lookup, no
+    /// reference counts. `None` (and `offer` not called) if the route is not
+    /// cached. Only for messages that [`fast_ttl`] lets through.
+    fn on_cached_route<R>(
+        &self,
+        s: &mut Scratch,
+        exchange: &str,
+        routing_key: &str,
+        offer: impl FnOnce(&Exchange, &[Arc<Queue>]) -> R,
+    ) -> Option<R> {
+        s.routes.forget_dropped_brokers();
+        let topology = self.topology.load(Ordering::Acquire);
+        let i = s
+            .routes
+            .position(self.uid, topology, exchange, routing_key)?;
+        let route = &s.routes.entries[i];
+        Some(offer(&route.exchange, &route.queues))
+    }
+
     fn publish_with(
         &self,
         exchange: &str,
@@ -1588,27 +1658,13 @@ impl BrokerInner {
         wait: Wait,
         s: &mut Scratch,
     ) -> Result<Published, PublishError> {
-        s.routes.forget_dropped_brokers();
-        // The common case first: a route this thread has cached, and no
-        // CC/BCC keys (which change the route; a cached route depends on
-        // nothing else in the message). It borrows the cached exchange and
-        // queues: no lookup, no reference counts. An expiration that does not
-        // parse takes the general path, which refuses it.
-        let no_cc = (message.properties.headers.as_ref())
-            .is_none_or(|h| !h.contains_key("CC") && !h.contains_key("BCC"));
-        if no_cc {
-            let ttl = match message.properties.expiration.as_deref() {
-                None => Some(None),
-                Some(e) => parse_expiration(e).ok().map(Some),
-            };
-            let topology = self.topology.load(Ordering::Acquire);
-            if let (Some(ttl), Some(i)) = (
-                ttl,
-                s.routes.position(self.uid, topology, exchange, routing_key),
-            ) {
-                let route = &s.routes.entries[i];
-                let content = Content::new(&route.exchange.name, routing_key, message, Vec::new());
-                return self.offer_all(&route.exchange, &route.queues, content, ttl, None, wait);
+        if let Some(ttl) = fast_ttl(&message.properties) {
+            let fast = self.on_cached_route(s, exchange, routing_key, |x, queues| {
+                let content = Content::new(&x.name, routing_key, message, Vec::new());
+                self.offer_all(x, queues, content, ttl, None, wait)
+            });
+            if let Some(r) = fast {
+                return r;
             }
         }
         let mut queues = std::mem::take(&mut s.queues);
@@ -1792,6 +1848,22 @@ fn record(x: &Exchange, out: &Published) {
         x.unroutable.fetch_add(1, Ordering::Relaxed);
     } else {
         x.routed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a message may take a cached route, and its TTL: a cached route
+/// depends on nothing in a message but its CC/BCC keys (which change the
+/// route), and an expiration that does not parse goes the general path,
+/// which refuses it. `Some(ttl)` if it may.
+fn fast_ttl(properties: &BasicProperties) -> Option<Option<u64>> {
+    let cc = (properties.headers.as_ref())
+        .is_some_and(|h| h.contains_key("CC") || h.contains_key("BCC"));
+    if cc {
+        return None;
+    }
+    match properties.expiration.as_deref() {
+        None => Some(None),
+        Some(e) => parse_expiration(e).ok().map(Some),
     }
 }
 

@@ -57,7 +57,7 @@ pub use crate::clock::ManualClock;
 pub use crate::consumer::{Consumer, Delivery, Recv, RecvError, RecvTimeoutError, TryRecvError};
 pub use crate::error::{Error, Result};
 pub use crate::field::{AMQPValue, DecimalValue, FieldTable};
-pub use crate::message::{BasicProperties, Message};
+pub use crate::message::{BasicProperties, Message, SharedProperties};
 pub use crate::options::{
     BrokerOptions, ConsumeOptions, ExchangeDeclareOptions, ExchangeKind, GetOptions, Overflow,
     OwnerId, QueueDeclareOk, QueueDeclareOptions, QueueDeleteOptions,

@@ -176,6 +176,60 @@ impl Message {
     }
 }
 
+/// Properties built once and published with many messages, through
+/// [`Broker::publish_shared`](crate::Broker::publish_shared): each message
+/// shares them (a reference count) instead of taking a copy of its own, and
+/// no [`Message`] is built per publish. For the properties a service sets
+/// the same on every message (a content type and encoding, a reply queue,
+/// a fixed `expiration`).
+///
+/// # Examples
+///
+/// ```
+/// use warren_core::{BasicProperties, Broker, QueueDeclareOptions, SharedProperties};
+///
+/// let broker = Broker::new();
+/// broker.declare_queue("jobs", QueueDeclareOptions::default())?;
+/// let json = SharedProperties::new(BasicProperties::default().with_content_type("application/json"));
+/// for job in [r#"{"n":1}"#, r#"{"n":2}"#] {
+///     broker.publish_shared("", "jobs", &json, job)?;
+/// }
+/// let d = broker.get("jobs", Default::default())?.unwrap();
+/// assert_eq!(d.properties().content_type.as_deref(), Some("application/json"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct SharedProperties {
+    /// `None` when no property is set, as in [`Content`].
+    extra: Option<Arc<Extra>>,
+}
+
+impl SharedProperties {
+    /// Shares these properties.
+    pub fn new(properties: BasicProperties) -> SharedProperties {
+        let extra = (!properties.is_empty()).then(|| {
+            Arc::new(Extra {
+                properties,
+                bcc: Box::default(),
+            })
+        });
+        SharedProperties { extra }
+    }
+
+    /// The properties.
+    pub fn properties(&self) -> &BasicProperties {
+        self.extra
+            .as_deref()
+            .map_or(&DEFAULT_PROPERTIES, |e| &e.properties)
+    }
+}
+
+impl From<BasicProperties> for SharedProperties {
+    fn from(properties: BasicProperties) -> Self {
+        SharedProperties::new(properties)
+    }
+}
+
 impl From<Bytes> for Message {
     fn from(body: Bytes) -> Self {
         Message::new(body)
@@ -242,6 +296,23 @@ impl Content {
             names: Names::new(exchange, routing_key),
             extra,
             body: std::mem::take(&mut message.body),
+        }
+    }
+
+    /// Content with shared properties (see [`SharedProperties`]). Their
+    /// headers must hold no `BCC` key: those are taken out of a message's
+    /// headers when it is published.
+    #[inline]
+    pub(crate) fn shared(
+        exchange: &str,
+        routing_key: &str,
+        properties: &SharedProperties,
+        body: Bytes,
+    ) -> Content {
+        Content {
+            names: Names::new(exchange, routing_key),
+            extra: properties.extra.clone(),
+            body,
         }
     }
 

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use warren_core::{
-    BasicProperties, Broker, ConsumeOptions, ExchangeKind, FieldTable, GetOptions,
-    QueueDeclareOptions, TryRecvError,
+    AMQPValue, BasicProperties, Broker, ConsumeOptions, ExchangeKind, FieldTable, GetOptions,
+    QueueDeclareOptions, SharedProperties, TryRecvError,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -124,4 +124,65 @@ fn topic_routing_with_properties() {
         .unwrap();
     assert_eq!(d.properties().correlation_id.as_deref(), Some("7"));
     assert_eq!(b.queue_stats("errors").unwrap().ready, 0);
+}
+
+#[test]
+fn shared_properties_are_shared_by_every_message_published_with_them() {
+    let b = Broker::new();
+    b.declare_queue("q", QueueDeclareOptions::default())
+        .unwrap();
+    let props = SharedProperties::new(
+        BasicProperties::default()
+            .with_content_type("application/json")
+            .with_reply_to("replies"),
+    );
+    // The first publish on this route takes the general path (and caches the
+    // route), the others the cached one: alike to a consumer.
+    for body in ["a", "b", "c"] {
+        assert_eq!(b.publish_shared("", "q", &props, body).unwrap().routed, 1);
+    }
+    let get = || b.get("q", GetOptions::default()).unwrap().unwrap();
+    let (a, bb, c) = (get(), get(), get());
+    for (d, body) in [(&a, "a"), (&bb, "b"), (&c, "c")] {
+        assert_eq!(&d.body()[..], body.as_bytes());
+        assert_eq!(d.properties(), props.properties());
+        assert_eq!((d.exchange(), d.routing_key()), ("", "q"));
+    }
+    // Messages on the cached route hold the very same properties.
+    assert!(std::ptr::eq(bb.properties(), c.properties()));
+    assert!(std::ptr::eq(c.properties(), props.properties()));
+    // Nothing set: nothing held.
+    let none = SharedProperties::new(BasicProperties::default());
+    b.publish_shared("", "q", &none, "d").unwrap();
+    assert_eq!(get().properties(), BasicProperties::empty());
+}
+
+#[test]
+fn shared_properties_follow_publish_rules() {
+    let b = Broker::new();
+    for q in ["q", "cc"] {
+        b.declare_queue(q, QueueDeclareOptions::default()).unwrap();
+    }
+    // A bad expiration is refused, cached route or not; the message comes
+    // back whole.
+    b.publish("", "q", "warm the route").unwrap();
+    let bad = SharedProperties::new(BasicProperties::default().with_expiration("soon"));
+    let e = b.publish_shared("", "q", &bad, "x").unwrap_err();
+    assert_eq!(e.error().unwrap().reply_code(), 406);
+    let m = e.into_message();
+    assert_eq!(
+        (&m.body[..], m.properties.expiration.as_deref()),
+        (&b"x"[..], Some("soon"))
+    );
+    // CC adds a route, BCC too and is taken out of what the queues hold.
+    let mut headers = FieldTable::new();
+    headers.insert("BCC", AMQPValue::FieldArray(vec!["cc".into()]));
+    let bcc = SharedProperties::new(BasicProperties::default().with_headers(headers));
+    assert_eq!(b.publish_shared("", "q", &bcc, "y").unwrap().routed, 2);
+    let d = b.get("cc", GetOptions::default()).unwrap().unwrap();
+    assert_eq!(&d.body()[..], b"y");
+    assert!(!d.properties().headers.as_ref().unwrap().contains_key("BCC"));
+    // Publishing to a missing exchange is refused with 404.
+    let e = b.publish_shared("nope", "q", &bcc, "z").unwrap_err();
+    assert_eq!(e.error().unwrap().reply_code(), 404);
 }

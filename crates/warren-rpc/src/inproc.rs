@@ -5,12 +5,14 @@ use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::Poll;
+use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 use tokio::task::JoinHandle;
 use warren_core::{
-    Broker, ConsumeOptions, Consumer, Delivery, Error as CoreError, ExchangeDeclareOptions,
-    ExchangeKind, FieldTable, Message, PublishError, QueueDeclareOptions, QueueDeleteOptions, Recv,
+    BasicProperties, Broker, ConsumeOptions, Consumer, Delivery, Error as CoreError,
+    ExchangeDeclareOptions, ExchangeKind, FieldTable, PublishError, QueueDeclareOptions,
+    QueueDeleteOptions, Recv, SharedProperties,
 };
 
 use crate::context::Context;
@@ -98,6 +100,10 @@ pub struct InprocTransport {
     stats: Arc<Stats>,
     declared: RwLock<HashSet<String>>,
     replies: Mutex<Option<ReplyState>>,
+    /// The properties of the last call's request, by its `expiration` in
+    /// milliseconds: a client's calls mostly share one timeout, so they
+    /// share one set of properties.
+    call_properties: Mutex<Option<(u128, SharedProperties)>>,
     /// How this transport's requests, replies and notifications are laid
     /// out (see [`with_envelope`](Self::with_envelope)).
     wrap: Wrap,
@@ -170,6 +176,7 @@ impl InprocTransport {
             stats: Arc::new(Stats::default()),
             declared: RwLock::new(HashSet::new()),
             replies: Mutex::new(None),
+            call_properties: Mutex::new(None),
             wrap: Wrap::Envelope,
         }
     }
@@ -238,16 +245,34 @@ impl InprocTransport {
         Ok(())
     }
 
+    /// The properties of a call's request that lives no longer than
+    /// `timeout` (as oslo's), shared with the previous call's if the same.
+    fn call_properties(&self, timeout: Duration) -> SharedProperties {
+        let ms = timeout.as_millis().max(1);
+        let mut last = self.call_properties.lock();
+        match &*last {
+            Some((at, p)) if *at == ms => p.clone(),
+            _ => {
+                let p = SharedProperties::new(json_properties().with_expiration(ms.to_string()));
+                *last = Some((ms, p.clone()));
+                p
+            }
+        }
+    }
+
     /// Publishes; re-declares the exchange once if it went away.
     fn publish(
         &self,
         exchange: &str,
         kind: ExchangeKind,
         routing_key: &str,
-        message: Message,
+        (properties, body): (&SharedProperties, Vec<u8>),
         mandatory: bool,
     ) -> Result<(), TransportError> {
-        let published = match self.broker.publish(exchange, routing_key, message) {
+        let published = match self
+            .broker
+            .publish_shared(exchange, routing_key, properties, body)
+        {
             Err(e @ PublishError::Refused { .. })
                 if matches!(e.error(), Some(CoreError::NotFound(_))) =>
             {
@@ -343,15 +368,21 @@ async fn read_replies(
     }
 }
 
-/// A message with this JSON body, typed as oslo's kombu producer types it
+/// The properties of a JSON body, typed as oslo's kombu producer types it
 /// (`application/json`, `utf-8`): a Python service reading the broker
 /// through warren-wire decodes it by its content type, and takes an untyped
 /// body for opaque bytes.
-fn json_message(body: Vec<u8>) -> Message {
-    let mut m = Message::new(body);
-    m.properties.content_type = Some("application/json".to_owned());
-    m.properties.content_encoding = Some("utf-8".to_owned());
-    m
+fn json_properties() -> BasicProperties {
+    BasicProperties::default()
+        .with_content_type("application/json")
+        .with_content_encoding("utf-8")
+}
+
+/// A JSON body with [`json_properties`], built once and shared by every
+/// message (see [`SharedProperties`]).
+fn json_message(body: Vec<u8>) -> (&'static SharedProperties, Vec<u8>) {
+    static JSON: OnceLock<SharedProperties> = OnceLock::new();
+    (JSON.get_or_init(|| json_properties().into()), body)
 }
 
 impl Transport for InprocTransport {
@@ -421,14 +452,12 @@ impl Transport for InprocTransport {
                 self.wrap,
             )
             .map_err(|e| TransportError::Encode(e.to_string()))?;
-            let mut msg = json_message(body);
-            if let Some(t) = options.timeout {
-                // As oslo: a call's request lives no longer than its timeout.
-                let ms = t.as_millis().max(1);
-                // Formatted as a u64 when it fits: the same digits, cheaper.
-                let ms = u64::try_from(ms).map_or_else(|_| ms.to_string(), |ms| ms.to_string());
-                msg.properties.expiration = Some(ms);
-            }
+            // As oslo: a call's request lives no longer than its timeout.
+            let timed = options.timeout.map(|t| self.call_properties(t));
+            let msg = match &timed {
+                Some(properties) => (properties, body),
+                None => json_message(body),
+            };
             self.publish(exchange, kind, routing_key, msg, options.mandatory)?;
             let reply = wait.wait().await?;
             guard.armed = false;
@@ -743,7 +772,11 @@ impl InprocResponder {
     /// gone.
     fn send(&self, body: Result<Vec<u8>, WireError>) -> Result<bool, TransportError> {
         let body = body.map_err(|e| TransportError::Encode(e.to_string()))?;
-        match self.broker.publish("", &self.reply_q, json_message(body)) {
+        let (properties, body) = json_message(body);
+        match self
+            .broker
+            .publish_shared("", &self.reply_q, properties, body)
+        {
             Ok(p) => Ok(!p.is_unroutable()),
             Err(e) => Err(TransportError::Broker(e.error().cloned().unwrap_or_else(
                 || CoreError::PreconditionFailed("queue full".into()),
