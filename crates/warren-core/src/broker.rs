@@ -53,7 +53,7 @@ use crate::consumer::{Consumer, ConsumerShared, Delivery};
 use crate::error::{Error, Result};
 use crate::exchange::{Dest, Exchange};
 use crate::field::{AMQPValue, FieldTable};
-use crate::message::{BasicProperties, Content, Message, SharedProperties};
+use crate::message::{BasicProperties, Content, Message, Names, SharedProperties};
 use crate::options::{
     BrokerOptions, ConsumeOptions, ExchangeDeclareOptions, ExchangeKind, GetOptions, Overflow,
     OwnerId, QueueDeclareOk, QueueDeclareOptions, QueueDeleteOptions,
@@ -334,6 +334,8 @@ struct CachedRoute {
     exchange: Arc<Exchange>,
     routing_key: Box<str>,
     queues: Box<[Arc<Queue>]>,
+    /// The exchange's name and the routing key, as messages hold them.
+    names: Names,
 }
 
 impl RouteCache {
@@ -1512,11 +1514,12 @@ impl BrokerInner {
                         exchange: x.clone(),
                         routing_key: routing_key.into(),
                         queues: queues.as_slice().into(),
+                        names: Names::new(&x.name, routing_key),
                     });
                 }
             }
         }
-        let content = Content::new(&x.name, routing_key, message, bcc);
+        let content = Content::new(Names::new(&x.name, routing_key), message, bcc);
         Ok(Prepared {
             exchange: x,
             content,
@@ -1613,9 +1616,10 @@ impl BrokerInner {
         if let Some(ttl) = fast_ttl(properties.properties()) {
             let fast = SCRATCH.with(|cell| {
                 let mut s = cell.try_borrow_mut().ok()?;
-                self.on_cached_route(&mut s, exchange, routing_key, |x, queues| {
+                self.on_cached_route(&mut s, exchange, routing_key, |route| {
                     let body = body.take().unwrap_or_default();
-                    let content = Content::shared(&x.name, routing_key, properties, body);
+                    let content = Content::shared(route.names.clone(), properties, body);
+                    let (x, queues) = (&route.exchange, &route.queues);
                     self.offer_all(x, queues, content, ttl, None, Wait::Block)
                 })
             });
@@ -1631,7 +1635,7 @@ impl BrokerInner {
     }
 
     /// The common case of a publish: a route this thread has cached. `offer`
-    /// gets the cached exchange and queues, borrowed: no lookup, no
+    /// gets the cached exchange, queues and names, borrowed: no lookup, no
     /// reference counts. `None` (and `offer` not called) if the route is not
     /// cached. Only for messages that [`fast_ttl`] lets through.
     fn on_cached_route<R>(
@@ -1639,15 +1643,14 @@ impl BrokerInner {
         s: &mut Scratch,
         exchange: &str,
         routing_key: &str,
-        offer: impl FnOnce(&Exchange, &[Arc<Queue>]) -> R,
+        offer: impl FnOnce(&CachedRoute) -> R,
     ) -> Option<R> {
         s.routes.forget_dropped_brokers();
         let topology = self.topology.load(Ordering::Acquire);
         let i = s
             .routes
             .position(self.uid, topology, exchange, routing_key)?;
-        let route = &s.routes.entries[i];
-        Some(offer(&route.exchange, &route.queues))
+        Some(offer(&s.routes.entries[i]))
     }
 
     fn publish_with(
@@ -1659,9 +1662,9 @@ impl BrokerInner {
         s: &mut Scratch,
     ) -> Result<Published, PublishError> {
         if let Some(ttl) = fast_ttl(&message.properties) {
-            let fast = self.on_cached_route(s, exchange, routing_key, |x, queues| {
-                let content = Content::new(&x.name, routing_key, message, Vec::new());
-                self.offer_all(x, queues, content, ttl, None, wait)
+            let fast = self.on_cached_route(s, exchange, routing_key, |route| {
+                let content = Content::new(route.names.clone(), message, Vec::new());
+                self.offer_all(&route.exchange, &route.queues, content, ttl, None, wait)
             });
             if let Some(r) = fast {
                 return r;
@@ -1799,8 +1802,7 @@ impl BrokerInner {
         }
         let rk = routing_key.as_deref().unwrap_or(content.routing_key());
         let mut content = Content::new(
-            &x.name,
-            rk,
+            Names::new(&x.name, rk),
             &mut Message {
                 properties: props,
                 body: content.body.clone(),

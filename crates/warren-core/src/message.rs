@@ -278,12 +278,7 @@ impl Content {
     /// `bcc`: the keys of the `BCC` header (already removed from the
     /// headers), if it had one.
     #[inline]
-    pub(crate) fn new(
-        exchange: &str,
-        routing_key: &str,
-        message: &mut Message,
-        bcc: Vec<String>,
-    ) -> Content {
+    pub(crate) fn new(names: Names, message: &mut Message, bcc: Vec<String>) -> Content {
         let extra = if message.properties.is_empty() && bcc.is_empty() {
             None
         } else {
@@ -293,7 +288,7 @@ impl Content {
             }))
         };
         Content {
-            names: Names::new(exchange, routing_key),
+            names,
             extra,
             body: std::mem::take(&mut message.body),
         }
@@ -303,14 +298,9 @@ impl Content {
     /// headers must hold no `BCC` key: those are taken out of a message's
     /// headers when it is published.
     #[inline]
-    pub(crate) fn shared(
-        exchange: &str,
-        routing_key: &str,
-        properties: &SharedProperties,
-        body: Bytes,
-    ) -> Content {
+    pub(crate) fn shared(names: Names, properties: &SharedProperties, body: Bytes) -> Content {
         Content {
-            names: Names::new(exchange, routing_key),
+            names,
             extra: properties.extra.clone(),
             body,
         }
@@ -363,9 +353,12 @@ impl Content {
 /// The exchange name and routing key of a message, stored inline when they
 /// fit together in 37 bytes (most do). Copying the bytes costs less than an
 /// allocation, and less than a shared reference count that the publishing
-/// and the consuming thread would both write for every message.
+/// and the consuming thread would both write for every message. Longer ones
+/// are joined in one shared string; a thread's cached route keeps its names
+/// built, so a publish on it clones them (a copy, or a reference count)
+/// rather than building them.
 #[derive(Clone)]
-enum Names {
+pub(crate) enum Names {
     Inline {
         exchange: u8,
         total: u8,
@@ -391,7 +384,7 @@ const NAMES_INLINE: usize = 37;
 
 impl Names {
     #[inline]
-    fn new(exchange: &str, routing_key: &str) -> Names {
+    pub(crate) fn new(exchange: &str, routing_key: &str) -> Names {
         let total = exchange.len() + routing_key.len();
         if total <= NAMES_INLINE {
             let mut bytes = [0u8; NAMES_INLINE];

@@ -211,12 +211,12 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::message::{Content, Message};
+    use crate::message::{Content, Message, Names};
 
     fn entry(seq: u64, body: &Bytes) -> Entry {
         let mut m = Message::new(body.clone());
         Entry::new(
-            Content::new("x", "k", &mut m, Vec::new()),
+            Content::new(Names::new("x", "k"), &mut m, Vec::new()),
             seq,
             u64::MAX,
             false,
