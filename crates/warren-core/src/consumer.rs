@@ -360,13 +360,20 @@ impl ConsumerShared {
         self.pay_owed();
     }
 
-    /// Hands a copy to the receiver. Call under the queue lock, after
-    /// [`try_take_credit`](Self::try_take_credit) said yes.
-    pub(crate) fn push(&self, e: Entry) {
+    /// Hands a copy to the receiver, without waking it. Call under the queue
+    /// lock, after [`try_take_credit`](Self::try_take_credit) said yes; then
+    /// fence and call [`wake_after_fence`](Self::wake_after_fence), once
+    /// for a batch of copies (a fence waits for the pushed slots to be
+    /// written; one per batch lets their writes overlap).
+    pub(crate) fn push_quietly(&self, e: Entry) {
         self.ring.push(e);
-        // Either a receiver about to sleep sees the entry on its second look,
-        // or this sees it registered (it registers, fences, looks again).
-        fence(Ordering::SeqCst);
+    }
+
+    /// Wakes a sleeping receiver, if any. Call after a `SeqCst` fence that
+    /// follows the pushes: either a receiver about to sleep sees the entries
+    /// on its second look, or this sees it registered (it registers,
+    /// fences, looks again).
+    pub(crate) fn wake_after_fence(&self) {
         if self.wake.sleepers.load(Ordering::Relaxed) != 0 {
             let woken = {
                 let mut w = self.wake.waiters.lock();

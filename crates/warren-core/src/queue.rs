@@ -53,7 +53,7 @@ use crate::consumer::ConsumerShared;
 use crate::field::FieldTable;
 use crate::message::Content;
 use crate::options::{Overflow, OwnerId};
-use crate::sync::{AtomicBool, AtomicU64, ConsumerArc, Mutex, MutexGuard};
+use crate::sync::{fence, AtomicBool, AtomicU64, ConsumerArc, Mutex, MutexGuard};
 use crate::wait::WaitList;
 
 /// The parsed, validated settings of a queue.
@@ -532,6 +532,9 @@ impl Queue {
             return;
         }
         let mut moved = false;
+        // Consumers handed a copy, to wake after one fence for the batch;
+        // past the first 64, each is woken as it is handed one.
+        let mut quiet = 0u64;
         while !st.ready.is_empty() {
             let Some(idx) = Self::take_credit(st) else {
                 break;
@@ -541,8 +544,20 @@ impl Queue {
                 st.consumers[idx].return_credit_no_dispatch();
                 break;
             };
-            self.hand_to(st, idx, e);
+            if idx < 64 {
+                Self::hand_quietly(st, idx, e);
+                quiet |= 1 << idx;
+            } else {
+                self.hand_to(st, idx, e);
+            }
             moved = true;
+        }
+        if quiet != 0 {
+            fence(Ordering::SeqCst);
+            while quiet != 0 {
+                st.consumers[quiet.trailing_zeros() as usize].wake_after_fence();
+                quiet &= quiet - 1;
+            }
         }
         if moved {
             self.room_freed(st);
@@ -560,8 +575,17 @@ impl Queue {
 
     /// Hands a copy to the consumer whose credit was taken.
     fn hand_to(&self, st: &mut QueueState, idx: usize, e: Entry) {
+        Self::hand_quietly(st, idx, e);
+        fence(Ordering::SeqCst);
+        st.consumers[idx].wake_after_fence();
+    }
+
+    /// [`hand_to`](Self::hand_to) without waking the receiver: the caller
+    /// fences once for a batch and wakes those it handed copies to (see
+    /// `ConsumerShared::push_quietly`).
+    fn hand_quietly(st: &mut QueueState, idx: usize, e: Entry) {
         st.counters.delivered += 1;
-        st.consumers[idx].push(e);
+        st.consumers[idx].push_quietly(e);
         st.rr = (idx + 1) % st.consumers.len();
     }
 
