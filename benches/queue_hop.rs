@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -23,19 +24,36 @@ const BODY: &[u8; 16] = b"0123456789abcdef";
 /// Raw crossbeam: one producer thread, one consumer thread, bounded 1024.
 fn crossbeam_hop(n: u64) -> Duration {
     let (tx, rx) = crossbeam_channel::bounded::<Bytes>(1024);
-    let start = Instant::now();
-    let consumer = thread::spawn(move || {
-        common::pin(1);
+    let (ready, consumer) = consumer_thread(move || {
         for _ in 0..n {
             let b = rx.recv().expect("sender alive");
             std::hint::black_box(b);
         }
     });
+    ready.wait();
+    let start = Instant::now();
     for _ in 0..n {
         tx.send(Bytes::from_static(BODY)).expect("receiver alive");
     }
     consumer.join().expect("consumer thread");
     start.elapsed()
+}
+
+/// Starts the consuming side on the second CPU; the clock starts once it
+/// is there (`ready`), so that neither side's round counts the thread's
+/// start. (It starts on its parent's CPU, and a publisher that never waits
+/// would keep it from moving for a while.)
+fn consumer_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> (Arc<Barrier>, thread::JoinHandle<T>) {
+    let ready = Arc::new(Barrier::new(2));
+    let there = ready.clone();
+    let handle = thread::spawn(move || {
+        common::pin(1);
+        there.wait();
+        f()
+    });
+    (ready, handle)
 }
 
 /// A broker with `amq.direct` bound to one queue and a consumer with
@@ -63,15 +81,15 @@ fn setup(prefetch: u32) -> (Broker, warren::Consumer) {
 /// warren: publish through `amq.direct` on this thread, receive and ack on
 /// another.
 fn warren_hop(broker: &Broker, consumer: warren::Consumer, n: u64) -> (Duration, warren::Consumer) {
-    let start = Instant::now();
-    let handle = thread::spawn(move || {
-        common::pin(1);
+    let (ready, handle) = consumer_thread(move || {
         for _ in 0..n {
             let d = consumer.recv().expect("consumer alive");
             d.ack();
         }
         consumer
     });
+    ready.wait();
+    let start = Instant::now();
     for _ in 0..n {
         broker
             .publish("amq.direct", "hop", Bytes::from_static(BODY))
