@@ -791,8 +791,9 @@ fn read_fields<R>(
 ) -> Result<R, WireError> {
     // The usual form, in one pass; anything else (and any error) in the
     // general way.
-    match fast::read(body) {
-        Some(fields) => read(fields),
+    let mut fields = Fields::default();
+    match fast::read(body, &mut fields) {
+        Some(()) => read(fields),
         None => read_fields_general(body, read),
     }
 }
