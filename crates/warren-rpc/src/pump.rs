@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::error::{RpcError, TransportError};
 use crate::transport::Listener;
@@ -170,7 +170,7 @@ async fn run<T, H, Fh>(
         };
         match incoming {
             Ok(message) => {
-                let work = run_one(handle(message), permit);
+                let work = handle(message);
                 let task = match &mut slot {
                     Some(task) => {
                         Pin::set(&mut Pin::as_mut(task), work);
@@ -179,10 +179,17 @@ async fn run<T, H, Fh>(
                     None => slot.insert(Box::pin(work)),
                 };
                 let done = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_ready())).await;
-                if !done {
-                    if let Some(task) = slot.take() {
-                        tokio::spawn(task);
-                    }
+                // The in-flight slot is held until the handler is done. (Not
+                // in a wrapper future around the handler's: an async wrapper
+                // holds its inner future twice, as its argument and as what
+                // it awaits, and the whole is moved into the box each time.)
+                if done {
+                    drop(permit);
+                } else if let Some(task) = slot.take() {
+                    tokio::spawn(async move {
+                        task.await;
+                        drop(permit);
+                    });
                 }
             }
             Err(e) => {
@@ -194,12 +201,6 @@ async fn run<T, H, Fh>(
     // Let go of the queues before `stop` returns: what the listener held
     // but had not handed out goes back.
     listener.close().await;
-}
-
-/// One handler run, holding its in-flight slot until it is done.
-async fn run_one<F: Future<Output = ()>>(work: F, permit: OwnedSemaphorePermit) {
-    work.await;
-    drop(permit);
 }
 
 #[cfg(test)]
