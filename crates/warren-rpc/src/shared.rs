@@ -128,23 +128,31 @@ impl ReplyWait {
     /// Cancel safe: dropping it abandons the call (with the guard, its
     /// entry goes).
     pub(crate) async fn wait(self) -> Result<Reply, TransportError> {
-        let ReplyWait {
-            mut rx,
-            beat,
-            monitor,
-        } = self;
-        let (Some(beat), Some(limit)) = (beat, monitor) else {
-            return rx.await.map_err(|_| TransportError::Closed);
-        };
-        loop {
-            tokio::select! {
-                biased;
-                r = &mut rx => return r.map_err(|_| TransportError::Closed),
-                // A heartbeat: wait afresh.
-                _ = beat.notified() => {}
-                _ = tokio::time::sleep(limit) => {
-                    return Err(TransportError::CallMonitorTimeout(limit))
-                }
+        let ReplyWait { rx, beat, monitor } = self;
+        match (beat, monitor) {
+            // Boxed: its timer would make this future, which every call's
+            // future holds, several times larger; monitored calls are the
+            // rare ones.
+            (Some(beat), Some(limit)) => Box::pin(wait_monitored(rx, &beat, limit)).await,
+            _ => rx.await.map_err(|_| TransportError::Closed),
+        }
+    }
+}
+
+/// [`ReplyWait::wait`] for a monitored call.
+async fn wait_monitored(
+    mut rx: oneshot::Receiver<Reply>,
+    beat: &Notify,
+    limit: Duration,
+) -> Result<Reply, TransportError> {
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut rx => return r.map_err(|_| TransportError::Closed),
+            // A heartbeat: wait afresh.
+            _ = beat.notified() => {}
+            _ = tokio::time::sleep(limit) => {
+                return Err(TransportError::CallMonitorTimeout(limit))
             }
         }
     }
