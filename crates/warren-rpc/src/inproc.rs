@@ -98,7 +98,9 @@ pub struct InprocTransport {
     _named: Option<Arc<NamedBroker>>,
     ids: Arc<IdGen>,
     stats: Arc<Stats>,
-    declared: RwLock<HashSet<String>>,
+    /// The exchanges (and notification queues) declared: looked up for
+    /// every message sent, with foldhash (seeded) rather than SipHash.
+    declared: RwLock<HashSet<String, foldhash::fast::RandomState>>,
     replies: Mutex<Option<ReplyState>>,
     /// The properties of the last call's request, by its `expiration` in
     /// milliseconds: a client's calls mostly share one timeout, so they
@@ -174,7 +176,7 @@ impl InprocTransport {
             _named: named,
             ids: Arc::new(IdGen::new()),
             stats: Arc::new(Stats::default()),
-            declared: RwLock::new(HashSet::new()),
+            declared: RwLock::new(HashSet::default()),
             replies: Mutex::new(None),
             call_properties: Mutex::new(None),
             wrap: Wrap::Envelope,
