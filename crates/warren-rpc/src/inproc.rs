@@ -333,7 +333,7 @@ impl InprocTransport {
                 &RequestFields {
                     msg_id: None,
                     reply_q: None,
-                    unique_id: Some(unique_id.as_str()),
+                    unique_id: Some(unique_id.text()),
                     timeout: None,
                     call: false,
                 },
@@ -357,9 +357,9 @@ impl InprocTransport {
             message,
             ctx,
             &RequestFields {
-                msg_id: Some(msg_id.as_str()),
+                msg_id: Some(msg_id.text()),
                 reply_q: Some(&reply_q),
-                unique_id: Some(unique_id.as_str()),
+                unique_id: Some(unique_id.text()),
                 timeout: monitor,
                 call: true,
             },
@@ -815,7 +815,7 @@ impl InprocResponder {
 impl Responder for InprocResponder {
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.ids.next();
-        let body = encode_answer(&reply, &self.msg_id, unique_id.as_str(), self.wrap);
+        let body = encode_answer(&reply, self.msg_id.text(), unique_id.text(), self.wrap);
         let result = self.send(body).map(|routed| {
             if !routed {
                 bump(&self.stats.undeliverable_replies);
@@ -827,7 +827,7 @@ impl Responder for InprocResponder {
 
     fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.ids.next();
-        let body = encode_heartbeat(&self.msg_id, unique_id.as_str(), self.wrap);
+        let body = encode_heartbeat(self.msg_id.text(), unique_id.text(), self.wrap);
         let result = match self.send(body) {
             Ok(true) => Ok(()),
             Ok(false) => Err(TransportError::Unroutable {

@@ -389,7 +389,7 @@ mod tests {
             None,
             true,
             msg_id.as_str(),
-            &hex(7),
+            hex(7).as_str(),
             crate::wire::Wrap::Envelope,
         )
         .unwrap();

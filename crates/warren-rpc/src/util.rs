@@ -151,6 +151,31 @@ impl Id {
         // Hex digits only: always UTF-8.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
+
+    /// The text for an encoder (see [`Utf8`]).
+    pub(crate) fn text(&self) -> Utf8<'_> {
+        // Hex digits only.
+        Utf8(&self.0)
+    }
+}
+
+/// Text known to be UTF-8, as bytes: made from a `str`, or from an [`Id`]
+/// or a [`SmallStr`], which hold bytes that were one. The encoders write
+/// it as it is, where a `str` would have to be made of those bytes first,
+/// checking each of them (for each id of each message).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Utf8<'a>(&'a [u8]);
+
+impl<'a> Utf8<'a> {
+    pub(crate) fn bytes(self) -> &'a [u8] {
+        self.0
+    }
+}
+
+impl<'a> From<&'a str> for Utf8<'a> {
+    fn from(s: &'a str) -> Self {
+        Utf8(s.as_bytes())
+    }
 }
 
 impl std::fmt::Debug for Id {
@@ -184,6 +209,15 @@ impl<const N: usize> SmallStr<N> {
         SmallStr::Inline {
             len: len as u8,
             bytes,
+        }
+    }
+
+    /// The text for an encoder (see [`Utf8`]).
+    pub(crate) fn text(&self) -> Utf8<'_> {
+        match self {
+            // Whole `&str`s were copied in.
+            SmallStr::Inline { len, bytes } => Utf8(&bytes[..usize::from(*len)]),
+            SmallStr::Heap(s) => Utf8(s.as_bytes()),
         }
     }
 

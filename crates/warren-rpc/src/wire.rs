@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::context::Context;
 use crate::error::RemoteError;
 use crate::target::Version;
+use crate::util::Utf8;
 
 mod fast;
 
@@ -195,9 +196,9 @@ impl WireRequest {
             &self.message,
             &self.ctx,
             &RequestFields {
-                msg_id: self.msg_id.as_deref(),
+                msg_id: self.msg_id.as_deref().map(Utf8::from),
                 reply_q: self.reply_q.as_deref(),
-                unique_id: self.unique_id.as_deref(),
+                unique_id: self.unique_id.as_deref().map(Utf8::from),
                 timeout: self.timeout,
                 call: self.msg_id.is_some(),
             },
@@ -428,9 +429,9 @@ impl WireNotification {
 
 /// The bookkeeping fields of an outgoing request.
 pub(crate) struct RequestFields<'a> {
-    pub(crate) msg_id: Option<&'a str>,
+    pub(crate) msg_id: Option<Utf8<'a>>,
     pub(crate) reply_q: Option<&'a str>,
-    pub(crate) unique_id: Option<&'a str>,
+    pub(crate) unique_id: Option<Utf8<'a>>,
     pub(crate) timeout: Option<f64>,
     /// Write `_msg_id`, `_reply_q`, `_timeout` (a call).
     pub(crate) call: bool,
@@ -446,12 +447,12 @@ pub(crate) fn encode_request(
         Some(message.method.as_str()),
         message.namespace.as_deref(),
         message.version.as_deref(),
-        fields.msg_id,
         fields.reply_q,
-        fields.unique_id,
     ];
+    let ids = [fields.msg_id, fields.unique_id];
     let text = 128
         + strings.iter().flatten().map(|s| s.len()).sum::<usize>()
+        + ids.iter().flatten().map(|s| s.bytes().len()).sum::<usize>()
         + message.args.get().len()
         + 48 * ctx.len();
     let mut out = wrap.start(text);
@@ -471,7 +472,10 @@ pub(crate) fn encode_request(
         }
         if fields.call {
             lit!(w, r#","_msg_id":"#);
-            w.opt_string(fields.msg_id);
+            match fields.msg_id {
+                Some(id) => w.text(id),
+                None => lit!(w, "null"),
+            }
             lit!(w, r#","_reply_q":"#);
             w.opt_string(fields.reply_q);
             lit!(w, r#","_timeout":"#);
@@ -484,7 +488,7 @@ pub(crate) fn encode_request(
         }
         if let Some(u) = fields.unique_id {
             lit!(w, r#","_unique_id":"#);
-            w.string(u);
+            w.text(u);
         }
         w.context(ctx)?;
         lit!(w, "}");
@@ -494,10 +498,10 @@ pub(crate) fn encode_request(
 
 /// A call's final reply (`ending: true`) with the handler's result or
 /// failure.
-pub(crate) fn encode_answer(
+pub(crate) fn encode_answer<'a>(
     reply: &crate::transport::Reply,
-    msg_id: &str,
-    unique_id: &str,
+    msg_id: impl Into<Utf8<'a>>,
+    unique_id: impl Into<Utf8<'a>>,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
     use crate::transport::Reply;
@@ -508,26 +512,27 @@ pub(crate) fn encode_answer(
 }
 
 /// A call-monitor heartbeat: a reply with `ending: false` and no result.
-pub(crate) fn encode_heartbeat(
-    msg_id: &str,
-    unique_id: &str,
+pub(crate) fn encode_heartbeat<'a>(
+    msg_id: impl Into<Utf8<'a>>,
+    unique_id: impl Into<Utf8<'a>>,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
     encode_reply(None, None, false, msg_id, unique_id, wrap)
 }
 
-pub(crate) fn encode_reply(
+pub(crate) fn encode_reply<'a>(
     result: Option<&RawValue>,
     failure: Option<&RemoteError>,
     ending: bool,
-    msg_id: &str,
-    unique_id: &str,
+    msg_id: impl Into<Utf8<'a>>,
+    unique_id: impl Into<Utf8<'a>>,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
+    let (msg_id, unique_id) = (msg_id.into(), unique_id.into());
     let failure = failure.map(RemoteError::to_failure_json);
     let text = 96
-        + msg_id.len()
-        + unique_id.len()
+        + msg_id.bytes().len()
+        + unique_id.bytes().len()
         + result.map_or(0, |r| r.get().len())
         + failure.as_ref().map_or(0, String::len);
     let mut out = wrap.start(text);
@@ -548,9 +553,9 @@ pub(crate) fn encode_reply(
         } else {
             lit!(w, r#","ending":false,"_msg_id":"#);
         }
-        w.string(msg_id);
+        w.text(msg_id);
         lit!(w, r#","_unique_id":"#);
-        w.string(unique_id);
+        w.text(unique_id);
         lit!(w, "}");
     }
     Ok(wrap.finish(out))
@@ -646,9 +651,14 @@ impl Esc<'_> {
 
     /// Appends a JSON string literal with this content.
     fn string(&mut self, s: &str) {
+        self.text(s.into());
+    }
+
+    /// [`string`](Self::string) for text given as UTF-8 bytes.
+    fn text(&mut self, s: Utf8<'_>) {
         if self.bare {
             self.out.push(b'"');
-            escape_str_into(self.out, s);
+            escape_str_into(self.out, s.bytes());
             self.out.push(b'"');
             return;
         }
@@ -660,12 +670,12 @@ impl Esc<'_> {
     /// Appends the content of a JSON string literal: each special character
     /// escaped for the inner message, and that escape escaped again (once
     /// only when bare).
-    fn string_body(&mut self, s: &str) {
+    fn string_body(&mut self, s: Utf8<'_>) {
+        let bytes = s.bytes();
         if self.bare {
-            escape_str_into(self.out, s);
+            escape_str_into(self.out, bytes);
             return;
         }
-        let bytes = s.as_bytes();
         // Most strings need no escaping (see `escape_str_into`).
         if needs_escape(bytes) {
             escape_into(self.out, bytes, &TWICE);
@@ -685,7 +695,7 @@ impl Esc<'_> {
     fn context(&mut self, ctx: &Context) -> Result<(), WireError> {
         for (k, v) in ctx.iter() {
             lit!(self, r#","_context_"#);
-            self.string_body(k);
+            self.string_body(k.into());
             lit!(self, r#"":"#);
             match v {
                 Value::String(s) => self.string(s),
@@ -759,8 +769,7 @@ fn escape_into(out: &mut Vec<u8>, bytes: &[u8], escapes: &Escapes) {
 /// As [`escape_into`], for a string value: most (ids, names, methods) need
 /// no escaping, and a check with no early exit, which runs vectorized, finds
 /// that first.
-fn escape_str_into(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
+fn escape_str_into(out: &mut Vec<u8>, bytes: &[u8]) {
     if needs_escape(bytes) {
         escape_into(out, bytes, &ONCE);
     } else {
@@ -1357,9 +1366,9 @@ mod tests {
         for call in [true, false] {
             let r = awkward_request(call);
             let fields = RequestFields {
-                msg_id: r.msg_id.as_deref(),
+                msg_id: r.msg_id.as_deref().map(Utf8::from),
                 reply_q: r.reply_q.as_deref(),
-                unique_id: r.unique_id.as_deref(),
+                unique_id: r.unique_id.as_deref().map(Utf8::from),
                 timeout: r.timeout,
                 call,
             };
@@ -1402,9 +1411,9 @@ mod tests {
         for call in [true, false] {
             let r = awkward_request(call);
             let fields = RequestFields {
-                msg_id: r.msg_id.as_deref(),
+                msg_id: r.msg_id.as_deref().map(Utf8::from),
                 reply_q: r.reply_q.as_deref(),
-                unique_id: r.unique_id.as_deref(),
+                unique_id: r.unique_id.as_deref().map(Utf8::from),
                 timeout: r.timeout,
                 call,
             };
