@@ -728,10 +728,9 @@ impl Listener<IncomingCall> for RpcListener {
                     // duplicate, dropped; a new one is remembered as it is
                     // taken.
                     if let Some(key) = SeenKey::of(request.unique_id.as_deref()) {
-                        if self.seen.contains(&key) {
+                        if !self.seen.insert(key) {
                             return None;
                         }
-                        self.seen.insert(key);
                     }
                     let responder = match (request.msg_id, request.reply_q) {
                         (Some(msg_id), Some(reply_q)) => Some(Box::new(InprocResponder {

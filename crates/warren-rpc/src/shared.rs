@@ -279,18 +279,19 @@ impl SeenIds {
     }
 
     /// Remembers `key` (forgetting the oldest when full); remembering it
-    /// again changes nothing.
-    pub(crate) fn insert(&mut self, key: SeenKey) {
-        if self.set.contains(&key) {
-            return;
+    /// again changes nothing. Whether it was new: a listener checks and
+    /// remembers an id with one look-up.
+    pub(crate) fn insert(&mut self, key: SeenKey) -> bool {
+        if !self.set.insert(key.clone()) {
+            return false;
         }
         if self.order.len() == self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
-        self.order.push_back(key.clone());
-        self.set.insert(key);
+        self.order.push_back(key);
+        true
     }
 
     /// How many ids are remembered.
@@ -355,9 +356,9 @@ mod tests {
         let k = |n| SeenKey::of(Some(&hex(n))).unwrap();
         for n in 0..3 {
             assert!(!seen.contains(&k(n)));
-            seen.insert(k(n));
+            assert!(seen.insert(k(n)));
         }
-        seen.insert(k(1));
+        assert!(!seen.insert(k(1)));
         assert_eq!(seen.len(), 3, "remembering again adds nothing");
         seen.insert(k(3));
         assert_eq!(seen.len(), 3);

@@ -405,12 +405,11 @@ impl Listener<IncomingCall> for RpcListener {
                 // before is a duplicate (a redelivery after a lost
                 // acknowledgement), dropped; a new one is remembered.
                 if let Some(key) = SeenKey::of(request.unique_id.as_deref()) {
-                    if self.seen.contains(&key) {
+                    if !self.seen.insert(key) {
                         bump(&self.shared.stats.duplicates);
                         log_debug!("dropping a duplicate request on {}", d.routing_key);
                         continue;
                     }
-                    self.seen.insert(key);
                 }
                 let responder = match (request.msg_id, request.reply_q) {
                     (Some(msg_id), Some(reply_q)) => Some(Box::new(AmqpResponder {
