@@ -373,9 +373,7 @@ impl WireNotification {
     }
 
     pub(crate) fn encode_as(&self, wrap: Wrap) -> Result<Vec<u8>, WireError> {
-        let mut out = wrap.start(256 + self.payload.get().len());
-        {
-            let mut w = wrap.writer(&mut out);
+        wrap.encode(256 + self.payload.get().len(), |w| {
             lit!(w, r#"{"message_id":"#);
             w.string(&self.message_id);
             lit!(w, r#","publisher_id":"#);
@@ -394,8 +392,8 @@ impl WireNotification {
             }
             w.context(&self.ctx)?;
             lit!(w, "}");
-        }
-        Ok(wrap.finish(out))
+            Ok(())
+        })
     }
 
     /// Reads a notification body.
@@ -455,9 +453,7 @@ pub(crate) fn encode_request(
         + ids.iter().flatten().map(|s| s.bytes().len()).sum::<usize>()
         + message.args.get().len()
         + 48 * ctx.len();
-    let mut out = wrap.start(text);
-    {
-        let mut w = wrap.writer(&mut out);
+    wrap.encode(text, |w| {
         lit!(w, r#"{"method":"#);
         w.string(&message.method);
         lit!(w, r#","args":"#);
@@ -481,7 +477,7 @@ pub(crate) fn encode_request(
             lit!(w, r#","_timeout":"#);
             match fields.timeout {
                 Some(t) if t.is_finite() => {
-                    serde_json::to_writer(&mut w, &t)?;
+                    serde_json::to_writer(&mut *w, &t)?;
                 }
                 _ => lit!(w, "null"),
             }
@@ -492,8 +488,8 @@ pub(crate) fn encode_request(
         }
         w.context(ctx)?;
         lit!(w, "}");
-    }
-    Ok(wrap.finish(out))
+        Ok(())
+    })
 }
 
 /// A call's final reply (`ending: true`) with the handler's result or
@@ -535,9 +531,7 @@ pub(crate) fn encode_reply<'a>(
         + unique_id.bytes().len()
         + result.map_or(0, |r| r.get().len())
         + failure.as_ref().map_or(0, String::len);
-    let mut out = wrap.start(text);
-    {
-        let mut w = wrap.writer(&mut out);
+    wrap.encode(text, |w| {
         lit!(w, r#"{"result":"#);
         match result {
             Some(r) => w.json(r.get().as_bytes()),
@@ -557,8 +551,8 @@ pub(crate) fn encode_reply<'a>(
         lit!(w, r#","_unique_id":"#);
         w.text(unique_id);
         lit!(w, "}");
-    }
-    Ok(wrap.finish(out))
+        Ok(())
+    })
 }
 
 /// How a body is laid out.
@@ -576,33 +570,83 @@ pub(crate) enum Wrap {
 impl Wrap {
     const HEAD: &'static [u8] = b"{\"oslo.version\":\"2.0\",\"oslo.message\":\"";
 
-    /// A buffer for a message of about `text` bytes of JSON text, with room
-    /// for the escapes the envelope adds (a quarter more: the quotes of the
-    /// keys and strings), so that it is rarely grown.
-    fn start(self, text: usize) -> Vec<u8> {
-        match self {
-            Wrap::Envelope => {
-                let mut out = Vec::with_capacity(text + text / 4 + Self::HEAD.len() + 2);
-                out.extend_from_slice(Self::HEAD);
-                out
+    /// The body of a message of about `text` bytes of JSON text, which
+    /// `write` writes, in this layout.
+    ///
+    /// The body comes in a block of its exact size: a body whose length is
+    /// its capacity becomes the broker's `Bytes` without a block of its own
+    /// for the count of its owners. It is written into this thread's
+    /// buffer, then copied out (a copy of a few hundred bytes costs less
+    /// than that block); bodies too large for that buffer get one of their
+    /// own, sized with room for the escapes the envelope adds (a quarter
+    /// more: the quotes of the keys and strings), so that it is rarely
+    /// grown.
+    fn encode(
+        self,
+        text: usize,
+        write: impl FnOnce(&mut Esc<'_>) -> Result<(), WireError>,
+    ) -> Result<Vec<u8>, WireError> {
+        let capacity = match self {
+            Wrap::Envelope => text + text / 4 + Self::HEAD.len() + 2,
+            Wrap::Bare => text,
+        };
+        if capacity > SCRATCH_MAX {
+            return self.write_new(capacity, write);
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut out) => {
+                out.clear();
+                let written = self.write_into(&mut out, write).map(|()| out.to_vec());
+                // A body far larger than its estimate (a large context
+                // value) does not leave the buffer that large.
+                if out.capacity() > 2 * SCRATCH_MAX {
+                    *out = Vec::new();
+                }
+                written
             }
-            Wrap::Bare => Vec::with_capacity(text),
-        }
+            // In use (by an encoder that `write` calls somehow).
+            Err(_) => self.write_new(capacity, write),
+        })
     }
 
-    fn writer(self, out: &mut Vec<u8>) -> Esc<'_> {
-        Esc {
-            out,
+    /// [`encode`](Self::encode) into a block of its own.
+    fn write_new(
+        self,
+        capacity: usize,
+        write: impl FnOnce(&mut Esc<'_>) -> Result<(), WireError>,
+    ) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::with_capacity(capacity);
+        self.write_into(&mut out, write)?;
+        Ok(out)
+    }
+
+    fn write_into(
+        self,
+        out: &mut Vec<u8>,
+        write: impl FnOnce(&mut Esc<'_>) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        if self == Wrap::Envelope {
+            out.extend_from_slice(Self::HEAD);
+        }
+        write(&mut Esc {
+            out: &mut *out,
             bare: self == Wrap::Bare,
-        }
-    }
-
-    fn finish(self, mut out: Vec<u8>) -> Vec<u8> {
+        })?;
         if self == Wrap::Envelope {
             out.extend_from_slice(b"\"}");
         }
-        out
+        Ok(())
     }
+}
+
+/// Bodies up to this size (estimated) are written into [`SCRATCH`].
+const SCRATCH_MAX: usize = 16 * 1024;
+
+thread_local! {
+    /// The buffer bodies are written into before they are copied out at
+    /// their size (see [`Wrap::encode`]); it grows to the largest body up
+    /// to about [`SCRATCH_MAX`] and stays (one larger is let go).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Writes the message's JSON text. Into the envelope's JSON string (the
