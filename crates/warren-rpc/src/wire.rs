@@ -245,8 +245,8 @@ pub(crate) fn read_request<R>(
     f: impl FnOnce(RequestParts<'_>) -> R,
 ) -> Result<R, WireError> {
     read_fields(body, |fields| {
-        let method = fields.method.ok_or(WireError::Missing("method"))?;
-        let args = match fields.args {
+        let method = fields.method.take().ok_or(WireError::Missing("method"))?;
+        let args = match fields.args.take() {
             Some(a) if a.get().starts_with('{') => a,
             Some(a) if a.get() != "null" => return Err(WireError::Invalid("args")),
             _ => empty_object().map_err(|_| WireError::Invalid("args"))?,
@@ -255,13 +255,13 @@ pub(crate) fn read_request<R>(
             message: RpcMessage {
                 method: method.into_owned(),
                 args,
-                namespace: fields.namespace.map(Cow::into_owned),
-                version: fields.version.map(Cow::into_owned),
+                namespace: fields.namespace.take().map(Cow::into_owned),
+                version: fields.version.take().map(Cow::into_owned),
             },
-            ctx: Context::from(fields.ctx),
-            msg_id: fields.msg_id,
-            reply_q: fields.reply_q,
-            unique_id: fields.unique_id,
+            ctx: Context::from(std::mem::take(&mut fields.ctx)),
+            msg_id: fields.msg_id.take(),
+            reply_q: fields.reply_q.take(),
+            unique_id: fields.unique_id.take(),
             timeout: fields.timeout,
         }))
     })
@@ -324,7 +324,7 @@ pub(crate) fn read_reply<R>(
     f: impl FnOnce(Option<&str>, Option<&str>, Option<Box<RawValue>>, Option<RemoteError>, bool) -> R,
 ) -> Result<R, WireError> {
     read_fields(body, |fields| {
-        let failure = match fields.failure {
+        let failure = match fields.failure.take() {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
             Some(Value::String(s)) => Some(RemoteError::from_failure_json(&s)?),
@@ -334,7 +334,7 @@ pub(crate) fn read_reply<R>(
         Ok(f(
             fields.msg_id.as_deref(),
             fields.unique_id.as_deref(),
-            fields.result.filter(|r| r.get() != "null"),
+            fields.result.take().filter(|r| r.get() != "null"),
             failure,
             fields.ending,
         ))
@@ -406,21 +406,21 @@ impl WireNotification {
         read_fields(body, WireNotification::from_fields)
     }
 
-    fn from_fields(f: Fields<'_>) -> Result<WireNotification, WireError> {
-        let payload = match f.payload {
+    fn from_fields(f: &mut Fields<'_>) -> Result<WireNotification, WireError> {
+        let payload = match f.payload.take() {
             Some(p) => p,
             None => RawValue::NULL.to_owned(),
         };
         let owned = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
         Ok(WireNotification {
-            message_id: owned(f.message_id).unwrap_or_default(),
-            publisher_id: owned(f.publisher_id).unwrap_or_default(),
-            event_type: owned(f.event_type).ok_or(WireError::Missing("event_type"))?,
-            priority: owned(f.priority).ok_or(WireError::Missing("priority"))?,
+            message_id: owned(f.message_id.take()).unwrap_or_default(),
+            publisher_id: owned(f.publisher_id.take()).unwrap_or_default(),
+            event_type: owned(f.event_type.take()).ok_or(WireError::Missing("event_type"))?,
+            priority: owned(f.priority.take()).ok_or(WireError::Missing("priority"))?,
             payload,
-            timestamp: owned(f.timestamp).unwrap_or_default(),
-            ctx: Context::from(f.ctx),
-            unique_id: f.unique_id.map(Cow::into_owned),
+            timestamp: owned(f.timestamp.take()).unwrap_or_default(),
+            ctx: Context::from(std::mem::take(&mut f.ctx)),
+            unique_id: f.unique_id.take().map(Cow::into_owned),
         })
     }
 }
@@ -837,16 +837,17 @@ fn push_control_body(out: &mut Vec<u8>, b: u8) {
 
 /// Reads the message's fields from a body and hands them to `read`: from the
 /// envelope's `oslo.message`, or from the body itself when it is a bare
-/// message.
+/// message. Lent, for `read` to take what it keeps: `Fields` is some 400
+/// bytes, and a move is a copy.
 fn read_fields<R>(
     body: &[u8],
-    read: impl FnOnce(Fields<'_>) -> Result<R, WireError>,
+    read: impl FnOnce(&mut Fields<'_>) -> Result<R, WireError>,
 ) -> Result<R, WireError> {
     // The usual form, in one pass; anything else (and any error) in the
     // general way.
     let mut fields = Fields::default();
     match fast::read(body, &mut fields) {
-        Some(()) => read(fields),
+        Some(()) => read(&mut fields),
         None => read_fields_general(body, read),
     }
 }
@@ -855,22 +856,22 @@ fn read_fields<R>(
 /// first, then read by serde.
 fn read_fields_general<R>(
     body: &[u8],
-    read: impl FnOnce(Fields<'_>) -> Result<R, WireError>,
+    read: impl FnOnce(&mut Fields<'_>) -> Result<R, WireError>,
 ) -> Result<R, WireError> {
     if let Some(inner) = open_envelope_fast(body) {
-        return read(serde_json::from_str(&inner)?);
+        return read(&mut serde_json::from_str(&inner)?);
     }
     // A bare message is read in one pass (after one vectorized UTF-8 check
     // of the whole body, instead of one per string as `from_slice` makes).
     // A body that turns out to be an envelope after all (keys in another
     // order, other spacing) is opened by the general path.
     let text = std::str::from_utf8(body).map_err(|_| WireError::Invalid("body"))?;
-    let fields: Fields<'_> = serde_json::from_str(text)?;
+    let mut fields: Fields<'_> = serde_json::from_str(text)?;
     if !fields.enveloped {
-        return read(fields);
+        return read(&mut fields);
     }
     let inner = open_envelope_slow(body)?;
-    read(serde_json::from_str(&inner)?)
+    read(&mut serde_json::from_str(&inner)?)
 }
 
 /// The inner message's JSON text: the envelope's `oslo.message`, or the whole

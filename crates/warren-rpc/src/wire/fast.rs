@@ -442,7 +442,7 @@ mod tests {
     }
 
     fn general(body: &[u8]) -> Result<Value, WireError> {
-        read_fields_general(body, |f| Ok(summary(&f)))
+        read_fields_general(body, |f| Ok(summary(f)))
     }
 
     /// Whatever the fast reader reads, the general path reads alike.
