@@ -187,10 +187,16 @@ async fn run<T, H, Fh>(
                 },
             },
         };
+        // Stopped (or dropped) before the next message is taken: a look at
+        // the signal's state, cheaper than polling it first; it is polled
+        // (and so waited for) only while no message is ready.
+        if !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+            break;
+        }
         let incoming = tokio::select! {
             biased;
-            _ = &mut stop => break,
             r = listener.recv() => r,
+            _ = &mut stop => break,
         };
         match incoming {
             Ok(message) => {
