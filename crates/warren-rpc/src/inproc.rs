@@ -19,8 +19,8 @@ use crate::context::Context;
 use crate::error::TransportError;
 use crate::notify::Priority;
 use crate::shared::{
-    bump, call_monitor_timeout, complete_reply, expect_reply, request_route, Pending, RequestRoute,
-    SeenIds, SeenKey, Stats,
+    bump, call_monitor_timeout, complete_reply, expect_reply, request_route, Pending, PendingGuard,
+    ReplyWait, RequestRoute, SeenIds, SeenKey, Stats,
 };
 use crate::target::Target;
 use crate::transport::{
@@ -98,7 +98,9 @@ pub struct InprocTransport {
     _named: Option<Arc<NamedBroker>>,
     ids: Arc<IdGen>,
     stats: Arc<Stats>,
-    declared: RwLock<HashSet<String>>,
+    /// The exchanges (and notification queues) declared: looked up for
+    /// every message sent, with foldhash (seeded) rather than SipHash.
+    declared: RwLock<HashSet<String, foldhash::fast::RandomState>>,
     replies: Mutex<Option<ReplyState>>,
     /// The properties of the last call's request, by its `expiration` in
     /// milliseconds: a client's calls mostly share one timeout, so they
@@ -174,7 +176,7 @@ impl InprocTransport {
             _named: named,
             ids: Arc::new(IdGen::new()),
             stats: Arc::new(Stats::default()),
-            declared: RwLock::new(HashSet::new()),
+            declared: RwLock::new(HashSet::default()),
             replies: Mutex::new(None),
             call_properties: Mutex::new(None),
             wrap: Wrap::Envelope,
@@ -304,6 +306,78 @@ impl InprocTransport {
         Ok(())
     }
 
+    /// Sends a request ([`Transport::send`] up to its wait): a cast, or a
+    /// call registered in the pending calls first, which returns them with
+    /// its key and its wait (the registration is the caller's to undo if it
+    /// stops waiting).
+    fn request(
+        &self,
+        target: &Target,
+        ctx: &Context,
+        message: &RpcMessage,
+        options: &SendOptions,
+    ) -> Result<Option<(Arc<Pending>, u64, ReplyWait)>, TransportError> {
+        let route = request_route(target);
+        let (exchange, kind, routing_key) = match &route {
+            RequestRoute::Fanout(x) => (x.as_str(), ExchangeKind::Fanout, ""),
+            RequestRoute::Topic(k) => (self.exchange_for(target), ExchangeKind::Topic, k.as_str()),
+        };
+        self.ensure_exchange(exchange, kind)?;
+        let (_, unique_id) = self.ids.next();
+        bump(&self.stats.requests_sent);
+        let monitor = options.call_monitor_timeout.map(|d| d.as_secs_f64());
+        if !options.wait_for_reply {
+            let body = encode_request(
+                message,
+                ctx,
+                &RequestFields {
+                    msg_id: None,
+                    reply_q: None,
+                    unique_id: Some(unique_id.text()),
+                    timeout: None,
+                    call: false,
+                },
+                self.wrap,
+            )
+            .map_err(|e| TransportError::Encode(e.to_string()))?;
+            self.publish(
+                exchange,
+                kind,
+                routing_key,
+                json_message(body),
+                options.mandatory,
+            )?;
+            return Ok(None);
+        }
+        let (reply_q, pending) = self.replies()?;
+        let (key, msg_id) = self.ids.next();
+        // Undoes the registration if the request is not sent.
+        let (mut guard, wait) = expect_reply(&pending, key, options.call_monitor_timeout);
+        let body = encode_request(
+            message,
+            ctx,
+            &RequestFields {
+                msg_id: Some(msg_id.text()),
+                reply_q: Some(&reply_q),
+                unique_id: Some(unique_id.text()),
+                timeout: monitor,
+                call: true,
+            },
+            self.wrap,
+        )
+        .map_err(|e| TransportError::Encode(e.to_string()))?;
+        // As oslo: a call's request lives no longer than its timeout.
+        let timed = options.timeout.map(|t| self.call_properties(t));
+        let msg = match &timed {
+            Some(properties) => (properties, body),
+            None => json_message(body),
+        };
+        self.publish(exchange, kind, routing_key, msg, options.mandatory)?;
+        guard.armed = false;
+        drop(guard);
+        Ok(Some((pending, key, wait)))
+    }
+
     /// The reply queue and its reader, made on first use (and again if the
     /// reader's runtime went away).
     fn replies(&self) -> Result<(Arc<str>, Arc<Pending>), TransportError> {
@@ -402,63 +476,16 @@ impl Transport for InprocTransport {
         options: SendOptions,
     ) -> BoxFuture<'a, Result<Option<Reply>, TransportError>> {
         Box::pin(async move {
-            let route = request_route(target);
-            let (exchange, kind, routing_key) = match &route {
-                RequestRoute::Fanout(x) => (x.as_str(), ExchangeKind::Fanout, ""),
-                RequestRoute::Topic(k) => {
-                    (self.exchange_for(target), ExchangeKind::Topic, k.as_str())
-                }
-            };
-            self.ensure_exchange(exchange, kind)?;
-            let (_, unique_id) = self.ids.next();
-            bump(&self.stats.requests_sent);
-            let monitor = options.call_monitor_timeout.map(|d| d.as_secs_f64());
-            if !options.wait_for_reply {
-                let body = encode_request(
-                    &message,
-                    ctx,
-                    &RequestFields {
-                        msg_id: None,
-                        reply_q: None,
-                        unique_id: Some(unique_id.as_str()),
-                        timeout: None,
-                        call: false,
-                    },
-                    self.wrap,
-                )
-                .map_err(|e| TransportError::Encode(e.to_string()))?;
-                self.publish(
-                    exchange,
-                    kind,
-                    routing_key,
-                    json_message(body),
-                    options.mandatory,
-                )?;
+            // All but the wait is done in `request`, whose locals then take
+            // no room in this future (boxed for each call).
+            let Some((pending, key, wait)) = self.request(target, ctx, &message, &options)? else {
                 return Ok(None);
-            }
-            let (reply_q, pending) = self.replies()?;
-            let (key, msg_id) = self.ids.next();
-            let (mut guard, wait) = expect_reply(&pending, key, options.call_monitor_timeout);
-            let body = encode_request(
-                &message,
-                ctx,
-                &RequestFields {
-                    msg_id: Some(msg_id.as_str()),
-                    reply_q: Some(&reply_q),
-                    unique_id: Some(unique_id.as_str()),
-                    timeout: monitor,
-                    call: true,
-                },
-                self.wrap,
-            )
-            .map_err(|e| TransportError::Encode(e.to_string()))?;
-            // As oslo: a call's request lives no longer than its timeout.
-            let timed = options.timeout.map(|t| self.call_properties(t));
-            let msg = match &timed {
-                Some(properties) => (properties, body),
-                None => json_message(body),
             };
-            self.publish(exchange, kind, routing_key, msg, options.mandatory)?;
+            let mut guard = PendingGuard {
+                pending: &pending,
+                key,
+                armed: true,
+            };
             let reply = wait.wait().await?;
             guard.armed = false;
             Ok(Some(reply))
@@ -701,10 +728,9 @@ impl Listener<IncomingCall> for RpcListener {
                     // duplicate, dropped; a new one is remembered as it is
                     // taken.
                     if let Some(key) = SeenKey::of(request.unique_id.as_deref()) {
-                        if self.seen.contains(&key) {
+                        if !self.seen.insert(key) {
                             return None;
                         }
-                        self.seen.insert(key);
                     }
                     let responder = match (request.msg_id, request.reply_q) {
                         (Some(msg_id), Some(reply_q)) => Some(Box::new(InprocResponder {
@@ -788,7 +814,7 @@ impl InprocResponder {
 impl Responder for InprocResponder {
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.ids.next();
-        let body = encode_answer(&reply, &self.msg_id, unique_id.as_str(), self.wrap);
+        let body = encode_answer(&reply, self.msg_id.text(), unique_id.text(), self.wrap);
         let result = self.send(body).map(|routed| {
             if !routed {
                 bump(&self.stats.undeliverable_replies);
@@ -800,7 +826,7 @@ impl Responder for InprocResponder {
 
     fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.ids.next();
-        let body = encode_heartbeat(&self.msg_id, unique_id.as_str(), self.wrap);
+        let body = encode_heartbeat(self.msg_id.text(), unique_id.text(), self.wrap);
         let result = match self.send(body) {
             Ok(true) => Ok(()),
             Ok(false) => Err(TransportError::Unroutable {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
-use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, Semaphore, TryAcquireError};
 
 use crate::error::{RpcError, TransportError};
 use crate::transport::Listener;
@@ -137,6 +137,10 @@ impl Drop for Pump {
     }
 }
 
+/// The pump yields to the runtime's other tasks once per this many slots it
+/// takes without waiting (see `run`).
+const YIELD_EVERY: u32 = 32;
+
 async fn run<T, H, Fh>(
     semaphore: Arc<Semaphore>,
     mut listener: Box<dyn Listener<T>>,
@@ -154,23 +158,49 @@ async fn run<T, H, Fh>(
     // showed in the in-process call's profile. A handler that has to wait
     // keeps the box and goes off as a task of its own.
     let mut slot = None;
+    let mut taken = 0u32;
     loop {
-        let permit = tokio::select! {
-            biased;
-            _ = &mut stop => break,
-            p = semaphore.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
+        // A free slot is taken at once; only when there is none does the
+        // pump wait for one, or for the stop. (The stop is looked at below
+        // before each message in any case.)
+        let permit = match semaphore.clone().try_acquire_owned() {
+            Ok(p) => {
+                // Taken without waiting, a slot costs the task none of its
+                // cooperative budget; nor does a message a listener has
+                // ready. A listener that always has one (a handler that
+                // requeues its notification) would then keep the thread:
+                // the pump lets the others run every so often.
+                taken += 1;
+                if taken == YIELD_EVERY {
+                    taken = 0;
+                    tokio::task::yield_now().await;
+                }
+                p
+            }
+            Err(TryAcquireError::Closed) => break,
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                biased;
+                _ = &mut stop => break,
+                p = semaphore.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
             },
         };
+        // Stopped (or dropped) before the next message is taken: a look at
+        // the signal's state, cheaper than polling it first; it is polled
+        // (and so waited for) only while no message is ready.
+        if !matches!(stop.try_recv(), Err(oneshot::error::TryRecvError::Empty)) {
+            break;
+        }
         let incoming = tokio::select! {
             biased;
-            _ = &mut stop => break,
             r = listener.recv() => r,
+            _ = &mut stop => break,
         };
         match incoming {
             Ok(message) => {
-                let work = run_one(handle(message), permit);
+                let work = handle(message);
                 let task = match &mut slot {
                     Some(task) => {
                         Pin::set(&mut Pin::as_mut(task), work);
@@ -179,10 +209,17 @@ async fn run<T, H, Fh>(
                     None => slot.insert(Box::pin(work)),
                 };
                 let done = poll_fn(|cx| Poll::Ready(task.as_mut().poll(cx).is_ready())).await;
-                if !done {
-                    if let Some(task) = slot.take() {
-                        tokio::spawn(task);
-                    }
+                // The in-flight slot is held until the handler is done. (Not
+                // in a wrapper future around the handler's: an async wrapper
+                // holds its inner future twice, as its argument and as what
+                // it awaits, and the whole is moved into the box each time.)
+                if done {
+                    drop(permit);
+                } else if let Some(task) = slot.take() {
+                    tokio::spawn(async move {
+                        task.await;
+                        drop(permit);
+                    });
                 }
             }
             Err(e) => {
@@ -194,12 +231,6 @@ async fn run<T, H, Fh>(
     // Let go of the queues before `stop` returns: what the listener held
     // but had not handed out goes back.
     listener.close().await;
-}
-
-/// One handler run, holding its in-flight slot until it is done.
-async fn run_one<F: Future<Output = ()>>(work: F, permit: OwnedSemaphorePermit) {
-    work.await;
-    drop(permit);
 }
 
 #[cfg(test)]

@@ -602,13 +602,25 @@ async fn handle(inner: Arc<ServerInner>, call: IncomingCall) {
     } else {
         &c.casts
     });
-    let work = dispatch(&inner, ctx, message);
+    // Pinned where it is and awaited through the pin: awaited by value, it
+    // would take room in this future twice (as `work` and as what is
+    // awaited), and this future is moved whole into the pump's slot for
+    // each request.
+    let mut work = std::pin::pin!(dispatch(&inner, ctx, message));
     // Borrowed mutably: a responder is `Send`, not `Sync`.
     let outcome = match (&mut responder, call_monitor_timeout) {
+        // Boxed, for the same reason: the heartbeats' timer is large, and
+        // monitored calls are the rare ones.
         (Some(r), Some(monitor)) if !monitor.is_zero() => {
-            with_heartbeats(&inner, r.as_mut(), heartbeat_interval(monitor), work).await
+            Box::pin(with_heartbeats(
+                &inner,
+                r.as_mut(),
+                heartbeat_interval(monitor),
+                work.as_mut(),
+            ))
+            .await
         }
-        _ => work.await,
+        _ => work.as_mut().await,
     };
     if let Some(responder) = responder {
         let reply = match outcome {

@@ -128,23 +128,31 @@ impl ReplyWait {
     /// Cancel safe: dropping it abandons the call (with the guard, its
     /// entry goes).
     pub(crate) async fn wait(self) -> Result<Reply, TransportError> {
-        let ReplyWait {
-            mut rx,
-            beat,
-            monitor,
-        } = self;
-        let (Some(beat), Some(limit)) = (beat, monitor) else {
-            return rx.await.map_err(|_| TransportError::Closed);
-        };
-        loop {
-            tokio::select! {
-                biased;
-                r = &mut rx => return r.map_err(|_| TransportError::Closed),
-                // A heartbeat: wait afresh.
-                _ = beat.notified() => {}
-                _ = tokio::time::sleep(limit) => {
-                    return Err(TransportError::CallMonitorTimeout(limit))
-                }
+        let ReplyWait { rx, beat, monitor } = self;
+        match (beat, monitor) {
+            // Boxed: its timer would make this future, which every call's
+            // future holds, several times larger; monitored calls are the
+            // rare ones.
+            (Some(beat), Some(limit)) => Box::pin(wait_monitored(rx, &beat, limit)).await,
+            _ => rx.await.map_err(|_| TransportError::Closed),
+        }
+    }
+}
+
+/// [`ReplyWait::wait`] for a monitored call.
+async fn wait_monitored(
+    mut rx: oneshot::Receiver<Reply>,
+    beat: &Notify,
+    limit: Duration,
+) -> Result<Reply, TransportError> {
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut rx => return r.map_err(|_| TransportError::Closed),
+            // A heartbeat: wait afresh.
+            _ = beat.notified() => {}
+            _ = tokio::time::sleep(limit) => {
+                return Err(TransportError::CallMonitorTimeout(limit))
             }
         }
     }
@@ -271,18 +279,19 @@ impl SeenIds {
     }
 
     /// Remembers `key` (forgetting the oldest when full); remembering it
-    /// again changes nothing.
-    pub(crate) fn insert(&mut self, key: SeenKey) {
-        if self.set.contains(&key) {
-            return;
+    /// again changes nothing. Whether it was new: a listener checks and
+    /// remembers an id with one look-up.
+    pub(crate) fn insert(&mut self, key: SeenKey) -> bool {
+        if !self.set.insert(key.clone()) {
+            return false;
         }
         if self.order.len() == self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.set.remove(&old);
             }
         }
-        self.order.push_back(key.clone());
-        self.set.insert(key);
+        self.order.push_back(key);
+        true
     }
 
     /// How many ids are remembered.
@@ -347,9 +356,9 @@ mod tests {
         let k = |n| SeenKey::of(Some(&hex(n))).unwrap();
         for n in 0..3 {
             assert!(!seen.contains(&k(n)));
-            seen.insert(k(n));
+            assert!(seen.insert(k(n)));
         }
-        seen.insert(k(1));
+        assert!(!seen.insert(k(1)));
         assert_eq!(seen.len(), 3, "remembering again adds nothing");
         seen.insert(k(3));
         assert_eq!(seen.len(), 3);
@@ -381,7 +390,7 @@ mod tests {
             None,
             true,
             msg_id.as_str(),
-            &hex(7),
+            hex(7).as_str(),
             crate::wire::Wrap::Envelope,
         )
         .unwrap();

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use crate::context::Context;
 use crate::error::RemoteError;
 use crate::target::Version;
+use crate::util::Utf8;
 
 mod fast;
 
@@ -195,9 +196,9 @@ impl WireRequest {
             &self.message,
             &self.ctx,
             &RequestFields {
-                msg_id: self.msg_id.as_deref(),
+                msg_id: self.msg_id.as_deref().map(Utf8::from),
                 reply_q: self.reply_q.as_deref(),
-                unique_id: self.unique_id.as_deref(),
+                unique_id: self.unique_id.as_deref().map(Utf8::from),
                 timeout: self.timeout,
                 call: self.msg_id.is_some(),
             },
@@ -244,8 +245,8 @@ pub(crate) fn read_request<R>(
     f: impl FnOnce(RequestParts<'_>) -> R,
 ) -> Result<R, WireError> {
     read_fields(body, |fields| {
-        let method = fields.method.ok_or(WireError::Missing("method"))?;
-        let args = match fields.args {
+        let method = fields.method.take().ok_or(WireError::Missing("method"))?;
+        let args = match fields.args.take() {
             Some(a) if a.get().starts_with('{') => a,
             Some(a) if a.get() != "null" => return Err(WireError::Invalid("args")),
             _ => empty_object().map_err(|_| WireError::Invalid("args"))?,
@@ -254,13 +255,13 @@ pub(crate) fn read_request<R>(
             message: RpcMessage {
                 method: method.into_owned(),
                 args,
-                namespace: fields.namespace.map(Cow::into_owned),
-                version: fields.version.map(Cow::into_owned),
+                namespace: fields.namespace.take().map(Cow::into_owned),
+                version: fields.version.take().map(Cow::into_owned),
             },
-            ctx: Context::from(fields.ctx),
-            msg_id: fields.msg_id,
-            reply_q: fields.reply_q,
-            unique_id: fields.unique_id,
+            ctx: Context::from(std::mem::take(&mut fields.ctx)),
+            msg_id: fields.msg_id.take(),
+            reply_q: fields.reply_q.take(),
+            unique_id: fields.unique_id.take(),
             timeout: fields.timeout,
         }))
     })
@@ -323,7 +324,7 @@ pub(crate) fn read_reply<R>(
     f: impl FnOnce(Option<&str>, Option<&str>, Option<Box<RawValue>>, Option<RemoteError>, bool) -> R,
 ) -> Result<R, WireError> {
     read_fields(body, |fields| {
-        let failure = match fields.failure {
+        let failure = match fields.failure.take() {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if s.is_empty() => None,
             Some(Value::String(s)) => Some(RemoteError::from_failure_json(&s)?),
@@ -333,7 +334,7 @@ pub(crate) fn read_reply<R>(
         Ok(f(
             fields.msg_id.as_deref(),
             fields.unique_id.as_deref(),
-            fields.result.filter(|r| r.get() != "null"),
+            fields.result.take().filter(|r| r.get() != "null"),
             failure,
             fields.ending,
         ))
@@ -372,9 +373,7 @@ impl WireNotification {
     }
 
     pub(crate) fn encode_as(&self, wrap: Wrap) -> Result<Vec<u8>, WireError> {
-        let mut out = wrap.start(256 + self.payload.get().len());
-        {
-            let mut w = wrap.writer(&mut out);
+        wrap.encode(256 + self.payload.get().len(), |w| {
             lit!(w, r#"{"message_id":"#);
             w.string(&self.message_id);
             lit!(w, r#","publisher_id":"#);
@@ -393,8 +392,8 @@ impl WireNotification {
             }
             w.context(&self.ctx)?;
             lit!(w, "}");
-        }
-        Ok(wrap.finish(out))
+            Ok(())
+        })
     }
 
     /// Reads a notification body.
@@ -407,30 +406,30 @@ impl WireNotification {
         read_fields(body, WireNotification::from_fields)
     }
 
-    fn from_fields(f: Fields<'_>) -> Result<WireNotification, WireError> {
-        let payload = match f.payload {
+    fn from_fields(f: &mut Fields<'_>) -> Result<WireNotification, WireError> {
+        let payload = match f.payload.take() {
             Some(p) => p,
             None => RawValue::NULL.to_owned(),
         };
         let owned = |s: Option<Cow<'_, str>>| s.map(Cow::into_owned);
         Ok(WireNotification {
-            message_id: owned(f.message_id).unwrap_or_default(),
-            publisher_id: owned(f.publisher_id).unwrap_or_default(),
-            event_type: owned(f.event_type).ok_or(WireError::Missing("event_type"))?,
-            priority: owned(f.priority).ok_or(WireError::Missing("priority"))?,
+            message_id: owned(f.message_id.take()).unwrap_or_default(),
+            publisher_id: owned(f.publisher_id.take()).unwrap_or_default(),
+            event_type: owned(f.event_type.take()).ok_or(WireError::Missing("event_type"))?,
+            priority: owned(f.priority.take()).ok_or(WireError::Missing("priority"))?,
             payload,
-            timestamp: owned(f.timestamp).unwrap_or_default(),
-            ctx: Context::from(f.ctx),
-            unique_id: f.unique_id.map(Cow::into_owned),
+            timestamp: owned(f.timestamp.take()).unwrap_or_default(),
+            ctx: Context::from(std::mem::take(&mut f.ctx)),
+            unique_id: f.unique_id.take().map(Cow::into_owned),
         })
     }
 }
 
 /// The bookkeeping fields of an outgoing request.
 pub(crate) struct RequestFields<'a> {
-    pub(crate) msg_id: Option<&'a str>,
+    pub(crate) msg_id: Option<Utf8<'a>>,
     pub(crate) reply_q: Option<&'a str>,
-    pub(crate) unique_id: Option<&'a str>,
+    pub(crate) unique_id: Option<Utf8<'a>>,
     pub(crate) timeout: Option<f64>,
     /// Write `_msg_id`, `_reply_q`, `_timeout` (a call).
     pub(crate) call: bool,
@@ -446,17 +445,15 @@ pub(crate) fn encode_request(
         Some(message.method.as_str()),
         message.namespace.as_deref(),
         message.version.as_deref(),
-        fields.msg_id,
         fields.reply_q,
-        fields.unique_id,
     ];
+    let ids = [fields.msg_id, fields.unique_id];
     let text = 128
         + strings.iter().flatten().map(|s| s.len()).sum::<usize>()
+        + ids.iter().flatten().map(|s| s.bytes().len()).sum::<usize>()
         + message.args.get().len()
         + 48 * ctx.len();
-    let mut out = wrap.start(text);
-    {
-        let mut w = wrap.writer(&mut out);
+    wrap.encode(text, |w| {
         lit!(w, r#"{"method":"#);
         w.string(&message.method);
         lit!(w, r#","args":"#);
@@ -471,33 +468,36 @@ pub(crate) fn encode_request(
         }
         if fields.call {
             lit!(w, r#","_msg_id":"#);
-            w.opt_string(fields.msg_id);
+            match fields.msg_id {
+                Some(id) => w.text(id),
+                None => lit!(w, "null"),
+            }
             lit!(w, r#","_reply_q":"#);
             w.opt_string(fields.reply_q);
             lit!(w, r#","_timeout":"#);
             match fields.timeout {
                 Some(t) if t.is_finite() => {
-                    serde_json::to_writer(&mut w, &t)?;
+                    serde_json::to_writer(&mut *w, &t)?;
                 }
                 _ => lit!(w, "null"),
             }
         }
         if let Some(u) = fields.unique_id {
             lit!(w, r#","_unique_id":"#);
-            w.string(u);
+            w.text(u);
         }
         w.context(ctx)?;
         lit!(w, "}");
-    }
-    Ok(wrap.finish(out))
+        Ok(())
+    })
 }
 
 /// A call's final reply (`ending: true`) with the handler's result or
 /// failure.
-pub(crate) fn encode_answer(
+pub(crate) fn encode_answer<'a>(
     reply: &crate::transport::Reply,
-    msg_id: &str,
-    unique_id: &str,
+    msg_id: impl Into<Utf8<'a>>,
+    unique_id: impl Into<Utf8<'a>>,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
     use crate::transport::Reply;
@@ -508,31 +508,30 @@ pub(crate) fn encode_answer(
 }
 
 /// A call-monitor heartbeat: a reply with `ending: false` and no result.
-pub(crate) fn encode_heartbeat(
-    msg_id: &str,
-    unique_id: &str,
+pub(crate) fn encode_heartbeat<'a>(
+    msg_id: impl Into<Utf8<'a>>,
+    unique_id: impl Into<Utf8<'a>>,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
     encode_reply(None, None, false, msg_id, unique_id, wrap)
 }
 
-pub(crate) fn encode_reply(
+pub(crate) fn encode_reply<'a>(
     result: Option<&RawValue>,
     failure: Option<&RemoteError>,
     ending: bool,
-    msg_id: &str,
-    unique_id: &str,
+    msg_id: impl Into<Utf8<'a>>,
+    unique_id: impl Into<Utf8<'a>>,
     wrap: Wrap,
 ) -> Result<Vec<u8>, WireError> {
+    let (msg_id, unique_id) = (msg_id.into(), unique_id.into());
     let failure = failure.map(RemoteError::to_failure_json);
     let text = 96
-        + msg_id.len()
-        + unique_id.len()
+        + msg_id.bytes().len()
+        + unique_id.bytes().len()
         + result.map_or(0, |r| r.get().len())
         + failure.as_ref().map_or(0, String::len);
-    let mut out = wrap.start(text);
-    {
-        let mut w = wrap.writer(&mut out);
+    wrap.encode(text, |w| {
         lit!(w, r#"{"result":"#);
         match result {
             Some(r) => w.json(r.get().as_bytes()),
@@ -548,12 +547,12 @@ pub(crate) fn encode_reply(
         } else {
             lit!(w, r#","ending":false,"_msg_id":"#);
         }
-        w.string(msg_id);
+        w.text(msg_id);
         lit!(w, r#","_unique_id":"#);
-        w.string(unique_id);
+        w.text(unique_id);
         lit!(w, "}");
-    }
-    Ok(wrap.finish(out))
+        Ok(())
+    })
 }
 
 /// How a body is laid out.
@@ -571,33 +570,83 @@ pub(crate) enum Wrap {
 impl Wrap {
     const HEAD: &'static [u8] = b"{\"oslo.version\":\"2.0\",\"oslo.message\":\"";
 
-    /// A buffer for a message of about `text` bytes of JSON text, with room
-    /// for the escapes the envelope adds (a quarter more: the quotes of the
-    /// keys and strings), so that it is rarely grown.
-    fn start(self, text: usize) -> Vec<u8> {
-        match self {
-            Wrap::Envelope => {
-                let mut out = Vec::with_capacity(text + text / 4 + Self::HEAD.len() + 2);
-                out.extend_from_slice(Self::HEAD);
-                out
+    /// The body of a message of about `text` bytes of JSON text, which
+    /// `write` writes, in this layout.
+    ///
+    /// The body comes in a block of its exact size: a body whose length is
+    /// its capacity becomes the broker's `Bytes` without a block of its own
+    /// for the count of its owners. It is written into this thread's
+    /// buffer, then copied out (a copy of a few hundred bytes costs less
+    /// than that block); bodies too large for that buffer get one of their
+    /// own, sized with room for the escapes the envelope adds (a quarter
+    /// more: the quotes of the keys and strings), so that it is rarely
+    /// grown.
+    fn encode(
+        self,
+        text: usize,
+        write: impl FnOnce(&mut Esc<'_>) -> Result<(), WireError>,
+    ) -> Result<Vec<u8>, WireError> {
+        let capacity = match self {
+            Wrap::Envelope => text + text / 4 + Self::HEAD.len() + 2,
+            Wrap::Bare => text,
+        };
+        if capacity > SCRATCH_MAX {
+            return self.write_new(capacity, write);
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut out) => {
+                out.clear();
+                let written = self.write_into(&mut out, write).map(|()| out.to_vec());
+                // A body far larger than its estimate (a large context
+                // value) does not leave the buffer that large.
+                if out.capacity() > 2 * SCRATCH_MAX {
+                    *out = Vec::new();
+                }
+                written
             }
-            Wrap::Bare => Vec::with_capacity(text),
-        }
+            // In use (by an encoder that `write` calls somehow).
+            Err(_) => self.write_new(capacity, write),
+        })
     }
 
-    fn writer(self, out: &mut Vec<u8>) -> Esc<'_> {
-        Esc {
-            out,
+    /// [`encode`](Self::encode) into a block of its own.
+    fn write_new(
+        self,
+        capacity: usize,
+        write: impl FnOnce(&mut Esc<'_>) -> Result<(), WireError>,
+    ) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::with_capacity(capacity);
+        self.write_into(&mut out, write)?;
+        Ok(out)
+    }
+
+    fn write_into(
+        self,
+        out: &mut Vec<u8>,
+        write: impl FnOnce(&mut Esc<'_>) -> Result<(), WireError>,
+    ) -> Result<(), WireError> {
+        if self == Wrap::Envelope {
+            out.extend_from_slice(Self::HEAD);
+        }
+        write(&mut Esc {
+            out: &mut *out,
             bare: self == Wrap::Bare,
-        }
-    }
-
-    fn finish(self, mut out: Vec<u8>) -> Vec<u8> {
+        })?;
         if self == Wrap::Envelope {
             out.extend_from_slice(b"\"}");
         }
-        out
+        Ok(())
     }
+}
+
+/// Bodies up to this size (estimated) are written into [`SCRATCH`].
+const SCRATCH_MAX: usize = 16 * 1024;
+
+thread_local! {
+    /// The buffer bodies are written into before they are copied out at
+    /// their size (see [`Wrap::encode`]); it grows to the largest body up
+    /// to about [`SCRATCH_MAX`] and stays (one larger is let go).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Writes the message's JSON text. Into the envelope's JSON string (the
@@ -646,9 +695,14 @@ impl Esc<'_> {
 
     /// Appends a JSON string literal with this content.
     fn string(&mut self, s: &str) {
+        self.text(s.into());
+    }
+
+    /// [`string`](Self::string) for text given as UTF-8 bytes.
+    fn text(&mut self, s: Utf8<'_>) {
         if self.bare {
             self.out.push(b'"');
-            escape_str_into(self.out, s);
+            escape_str_into(self.out, s.bytes());
             self.out.push(b'"');
             return;
         }
@@ -660,12 +714,12 @@ impl Esc<'_> {
     /// Appends the content of a JSON string literal: each special character
     /// escaped for the inner message, and that escape escaped again (once
     /// only when bare).
-    fn string_body(&mut self, s: &str) {
+    fn string_body(&mut self, s: Utf8<'_>) {
+        let bytes = s.bytes();
         if self.bare {
-            escape_str_into(self.out, s);
+            escape_str_into(self.out, bytes);
             return;
         }
-        let bytes = s.as_bytes();
         // Most strings need no escaping (see `escape_str_into`).
         if needs_escape(bytes) {
             escape_into(self.out, bytes, &TWICE);
@@ -685,7 +739,7 @@ impl Esc<'_> {
     fn context(&mut self, ctx: &Context) -> Result<(), WireError> {
         for (k, v) in ctx.iter() {
             lit!(self, r#","_context_"#);
-            self.string_body(k);
+            self.string_body(k.into());
             lit!(self, r#"":"#);
             match v {
                 Value::String(s) => self.string(s),
@@ -759,8 +813,7 @@ fn escape_into(out: &mut Vec<u8>, bytes: &[u8], escapes: &Escapes) {
 /// As [`escape_into`], for a string value: most (ids, names, methods) need
 /// no escaping, and a check with no early exit, which runs vectorized, finds
 /// that first.
-fn escape_str_into(out: &mut Vec<u8>, s: &str) {
-    let bytes = s.as_bytes();
+fn escape_str_into(out: &mut Vec<u8>, bytes: &[u8]) {
     if needs_escape(bytes) {
         escape_into(out, bytes, &ONCE);
     } else {
@@ -784,15 +837,17 @@ fn push_control_body(out: &mut Vec<u8>, b: u8) {
 
 /// Reads the message's fields from a body and hands them to `read`: from the
 /// envelope's `oslo.message`, or from the body itself when it is a bare
-/// message.
+/// message. Lent, for `read` to take what it keeps: `Fields` is some 400
+/// bytes, and a move is a copy.
 fn read_fields<R>(
     body: &[u8],
-    read: impl FnOnce(Fields<'_>) -> Result<R, WireError>,
+    read: impl FnOnce(&mut Fields<'_>) -> Result<R, WireError>,
 ) -> Result<R, WireError> {
     // The usual form, in one pass; anything else (and any error) in the
     // general way.
-    match fast::read(body) {
-        Some(fields) => read(fields),
+    let mut fields = Fields::default();
+    match fast::read(body, &mut fields) {
+        Some(()) => read(&mut fields),
         None => read_fields_general(body, read),
     }
 }
@@ -801,22 +856,22 @@ fn read_fields<R>(
 /// first, then read by serde.
 fn read_fields_general<R>(
     body: &[u8],
-    read: impl FnOnce(Fields<'_>) -> Result<R, WireError>,
+    read: impl FnOnce(&mut Fields<'_>) -> Result<R, WireError>,
 ) -> Result<R, WireError> {
     if let Some(inner) = open_envelope_fast(body) {
-        return read(serde_json::from_str(&inner)?);
+        return read(&mut serde_json::from_str(&inner)?);
     }
     // A bare message is read in one pass (after one vectorized UTF-8 check
     // of the whole body, instead of one per string as `from_slice` makes).
     // A body that turns out to be an envelope after all (keys in another
     // order, other spacing) is opened by the general path.
     let text = std::str::from_utf8(body).map_err(|_| WireError::Invalid("body"))?;
-    let fields: Fields<'_> = serde_json::from_str(text)?;
+    let mut fields: Fields<'_> = serde_json::from_str(text)?;
     if !fields.enveloped {
-        return read(fields);
+        return read(&mut fields);
     }
     let inner = open_envelope_slow(body)?;
-    read(serde_json::from_str(&inner)?)
+    read(&mut serde_json::from_str(&inner)?)
 }
 
 /// The inner message's JSON text: the envelope's `oslo.message`, or the whole
@@ -1356,9 +1411,9 @@ mod tests {
         for call in [true, false] {
             let r = awkward_request(call);
             let fields = RequestFields {
-                msg_id: r.msg_id.as_deref(),
+                msg_id: r.msg_id.as_deref().map(Utf8::from),
                 reply_q: r.reply_q.as_deref(),
-                unique_id: r.unique_id.as_deref(),
+                unique_id: r.unique_id.as_deref().map(Utf8::from),
                 timeout: r.timeout,
                 call,
             };
@@ -1401,9 +1456,9 @@ mod tests {
         for call in [true, false] {
             let r = awkward_request(call);
             let fields = RequestFields {
-                msg_id: r.msg_id.as_deref(),
+                msg_id: r.msg_id.as_deref().map(Utf8::from),
                 reply_q: r.reply_q.as_deref(),
-                unique_id: r.unique_id.as_deref(),
+                unique_id: r.unique_id.as_deref().map(Utf8::from),
                 timeout: r.timeout,
                 call,
             };

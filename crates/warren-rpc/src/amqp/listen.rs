@@ -405,12 +405,11 @@ impl Listener<IncomingCall> for RpcListener {
                 // before is a duplicate (a redelivery after a lost
                 // acknowledgement), dropped; a new one is remembered.
                 if let Some(key) = SeenKey::of(request.unique_id.as_deref()) {
-                    if self.seen.contains(&key) {
+                    if !self.seen.insert(key) {
                         bump(&self.shared.stats.duplicates);
                         log_debug!("dropping a duplicate request on {}", d.routing_key);
                         continue;
                     }
-                    self.seen.insert(key);
                 }
                 let responder = match (request.msg_id, request.reply_q) {
                     (Some(msg_id), Some(reply_q)) => Some(Box::new(AmqpResponder {
@@ -480,8 +479,13 @@ impl Responder for AmqpResponder {
     fn reply(self: Box<Self>, reply: Reply) -> BoxFuture<'static, Result<(), TransportError>> {
         Box::pin(async move {
             let (_, unique_id) = self.shared.ids.next();
-            let body = encode_answer(&reply, &self.msg_id, unique_id.as_str(), Wrap::Envelope)
-                .map_err(|e| TransportError::Encode(e.to_string()))?;
+            let body = encode_answer(
+                &reply,
+                self.msg_id.as_str(),
+                unique_id.text(),
+                Wrap::Envelope,
+            )
+            .map_err(|e| TransportError::Encode(e.to_string()))?;
             if send_reply(&self.shared, &self.reply_q, &body).await? == Delivered::Returned {
                 bump(&self.shared.stats.undeliverable_replies);
                 log_debug!("reply queue {} is gone; reply dropped", self.reply_q);
@@ -492,7 +496,7 @@ impl Responder for AmqpResponder {
 
     fn heartbeat(&self) -> BoxFuture<'static, Result<(), TransportError>> {
         let (_, unique_id) = self.shared.ids.next();
-        let body = encode_heartbeat(&self.msg_id, unique_id.as_str(), Wrap::Envelope);
+        let body = encode_heartbeat(self.msg_id.as_str(), unique_id.text(), Wrap::Envelope);
         let shared = self.shared.clone();
         let reply_q = self.reply_q.clone();
         Box::pin(async move {

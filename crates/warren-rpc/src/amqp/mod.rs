@@ -476,7 +476,7 @@ impl Transport for AmqpTransport {
                     &RequestFields {
                         msg_id: None,
                         reply_q: None,
-                        unique_id: Some(unique_id.as_str()),
+                        unique_id: Some(unique_id.text()),
                         timeout: None,
                         call: false,
                     },
@@ -502,9 +502,9 @@ impl Transport for AmqpTransport {
                 &message,
                 ctx,
                 &RequestFields {
-                    msg_id: Some(msg_id.as_str()),
+                    msg_id: Some(msg_id.text()),
                     reply_q: Some(&replies.queue),
-                    unique_id: Some(unique_id.as_str()),
+                    unique_id: Some(unique_id.text()),
                     timeout: options.call_monitor_timeout.map(|d| d.as_secs_f64()),
                     call: true,
                 },

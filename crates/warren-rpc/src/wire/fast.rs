@@ -38,23 +38,28 @@ const HEADS: [&[u8]; 2] = [
 /// limit).
 const MAX_DEPTH: usize = 64;
 
-/// Reads the fields of a body in the usual form (see the module docs).
-pub(super) fn read(body: &[u8]) -> Option<Fields<'_>> {
+/// Reads the fields of a body in the usual form (see the module docs) into
+/// `f`, which the caller made with [`Fields::default`]. On `None`, `f` holds
+/// a part of them: the caller drops it.
+///
+/// Filled in place rather than returned: `Fields` is some 400 bytes, and
+/// each move is a copy.
+pub(super) fn read<'de>(body: &'de [u8], f: &mut Fields<'de>) -> Option<()> {
     match HEADS.iter().find_map(|h| body.strip_prefix(*h)) {
         Some(rest) => {
             let mut r = Reader::new(std::str::from_utf8(rest).ok()?, true);
-            let fields = r.object()?;
+            r.object(f)?;
             // The envelope's string ends right after the message; then only
             // the envelope's closing brace.
             r.skip_ws();
             r.eat(b'"')?;
-            (r.rest().trim_ascii() == b"}").then_some(fields)
+            (r.rest().trim_ascii() == b"}").then_some(())
         }
         None => {
             let mut r = Reader::new(std::str::from_utf8(body).ok()?, false);
-            let fields = r.object()?;
+            r.object(f)?;
             r.skip_ws();
-            r.rest().is_empty().then_some(fields)
+            r.rest().is_empty().then_some(())
         }
     }
 }
@@ -130,6 +135,11 @@ impl<'de> Reader<'de> {
 
     /// The rest of a string of the message, its opening quote taken: its
     /// content as written here, and whether it has escapes of its own.
+    ///
+    /// Always inlined: it runs for each key and string (some twenty per
+    /// call), and inlined where it is used it costs about a third less
+    /// (measured: no call, its constants and result kept in registers).
+    #[inline(always)]
     fn string_body(&mut self) -> Option<(&'de str, bool)> {
         let bytes = self.bytes();
         let start = self.pos;
@@ -310,14 +320,13 @@ impl<'de> Reader<'de> {
         }
     }
 
-    /// The message: an object of fields.
-    fn object(&mut self) -> Option<Fields<'de>> {
-        let mut f = Fields::default();
+    /// The message: an object of fields, read into `f`.
+    fn object(&mut self, f: &mut Fields<'de>) -> Option<()> {
         self.skip_ws();
         self.eat(b'{')?;
         self.skip_ws();
         if self.eat(b'}').is_some() {
-            return Some(f);
+            return Some(());
         }
         loop {
             self.eat_quote()?;
@@ -328,7 +337,7 @@ impl<'de> Reader<'de> {
             self.skip_ws();
             self.eat(b':')?;
             self.skip_ws();
-            self.field(&mut f, key)?;
+            self.field(f, key)?;
             self.skip_ws();
             match self.peek()? {
                 b',' => {
@@ -337,7 +346,7 @@ impl<'de> Reader<'de> {
                 }
                 b'}' => {
                     self.pos += 1;
-                    return Some(f);
+                    return Some(());
                 }
                 _ => return None,
             }
@@ -438,14 +447,15 @@ mod tests {
     }
 
     fn general(body: &[u8]) -> Result<Value, WireError> {
-        read_fields_general(body, |f| Ok(summary(&f)))
+        read_fields_general(body, |f| Ok(summary(f)))
     }
 
     /// Whatever the fast reader reads, the general path reads alike.
     fn agrees(body: &[u8]) -> bool {
-        let Some(fast) = read(body) else {
+        let mut fast = Fields::default();
+        if read(body, &mut fast).is_none() {
             return false;
-        };
+        }
         match general(body) {
             Ok(g) => assert_eq!(summary(&fast), g, "{}", String::from_utf8_lossy(body)),
             Err(e) => panic!(
@@ -542,11 +552,15 @@ mod tests {
             br#"{"oslo.version":"2.0","oslo.message":"{\"method\":\"m\\\"}"}"#.to_vec(),
         ];
         for body in bodies {
-            assert!(read(&body).is_none(), "{}", String::from_utf8_lossy(&body));
+            assert!(
+                read(&body, &mut Fields::default()).is_none(),
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
         }
         // Too deep for the fast reader; still read (or refused) alike.
         let deep = format!(r#"{{"args":{}{}}}"#, "[".repeat(100), "]".repeat(100));
-        assert!(read(deep.as_bytes()).is_none());
+        assert!(read(deep.as_bytes(), &mut Fields::default()).is_none());
     }
 
     /// Random damage to usual bodies: whatever the fast reader still takes,
