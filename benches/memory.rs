@@ -9,7 +9,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 
 use bytes::Bytes;
-use warren::{BasicProperties, Broker, Message, QueueDeclareOptions};
+use warren::{BasicProperties, Broker, Message, QueueDeclareOptions, SharedProperties};
 
 struct Counting;
 
@@ -48,7 +48,14 @@ fn props_heap(p: &BasicProperties) -> usize {
     .sum()
 }
 
-fn measure(label: &str, make: impl Fn(usize) -> Message, routing_key: &str) {
+/// Publishes `N` messages from `make`, or their bodies with `shared`
+/// properties, and prints the broker's memory per message.
+fn measure(
+    label: &str,
+    make: impl Fn(usize) -> Message,
+    routing_key: &str,
+    shared: Option<&SharedProperties>,
+) {
     let b = Broker::new();
     b.declare_queue("q", QueueDeclareOptions::default())
         .expect("declare");
@@ -61,7 +68,11 @@ fn measure(label: &str, make: impl Fn(usize) -> Message, routing_key: &str) {
     let props: usize = msgs.iter().map(|m| props_heap(&m.properties)).sum();
     let before = LIVE.load(Ordering::Relaxed);
     for m in msgs.drain(..) {
-        b.publish("amq.direct", routing_key, m).expect("publish");
+        match shared {
+            None => b.publish("amq.direct", routing_key, m),
+            Some(p) => b.publish_shared("amq.direct", routing_key, p, m.body),
+        }
+        .expect("publish");
     }
     let after = LIVE.load(Ordering::Relaxed) - props as isize;
     // The bodies were allocated before `before`; what grew is the broker's.
@@ -77,11 +88,13 @@ fn main() {
         "16-byte body, no properties, key 'k'",
         |_| Message::new(vec![0u8; 16]),
         "k",
+        None,
     );
     measure(
         "16-byte body, no properties, 30-byte key",
         |_| Message::new(vec![0u8; 16]),
         "a.routing.key.of.thirty.bytes.",
+        None,
     );
     measure(
         "16-byte body, content type + correlation id",
@@ -93,6 +106,18 @@ fn main() {
             )
         },
         "k",
+        None,
+    );
+    let json = SharedProperties::new(
+        BasicProperties::default()
+            .with_content_type("application/json")
+            .with_reply_to("replies"),
+    );
+    measure(
+        "16-byte body, shared content type + reply-to",
+        |_| Message::new(vec![0u8; 16]),
+        "k",
+        Some(&json),
     );
     let (tx, rx) = crossbeam_channel::unbounded::<Bytes>();
     let mut bodies: Vec<Bytes> = (0..N).map(|_| Bytes::from(vec![0u8; 16])).collect();
