@@ -330,13 +330,7 @@ impl InprocTransport {
             let body = encode_request(
                 message,
                 ctx,
-                &RequestFields {
-                    msg_id: None,
-                    reply_q: None,
-                    unique_id: Some(unique_id.text()),
-                    timeout: None,
-                    call: false,
-                },
+                &RequestFields::cast(unique_id.text()),
                 self.wrap,
             )
             .map_err(|e| TransportError::Encode(e.to_string()))?;

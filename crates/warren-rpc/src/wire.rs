@@ -435,6 +435,19 @@ pub(crate) struct RequestFields<'a> {
     pub(crate) call: bool,
 }
 
+impl<'a> RequestFields<'a> {
+    /// A cast's: only its `_unique_id`.
+    pub(crate) fn cast(unique_id: Utf8<'a>) -> RequestFields<'a> {
+        RequestFields {
+            msg_id: None,
+            reply_q: None,
+            unique_id: Some(unique_id),
+            timeout: None,
+            call: false,
+        }
+    }
+}
+
 pub(crate) fn encode_request(
     message: &RpcMessage,
     ctx: &Context,

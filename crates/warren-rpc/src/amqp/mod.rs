@@ -473,13 +473,7 @@ impl Transport for AmqpTransport {
                 let body = encode_request(
                     &message,
                     ctx,
-                    &RequestFields {
-                        msg_id: None,
-                        reply_q: None,
-                        unique_id: Some(unique_id.text()),
-                        timeout: None,
-                        call: false,
-                    },
+                    &RequestFields::cast(unique_id.text()),
                     Wrap::Envelope,
                 )
                 .map_err(|e| TransportError::Encode(e.to_string()))?;
