@@ -33,6 +33,10 @@
 //! - A [`Delivery`] dropped without an answer is requeued at once (RabbitMQ
 //!   requeues when the channel closes).
 //! - Nothing is durable: `durable` is kept and compared, for the wire protocol.
+//! - A consumer at its prefetch limit that still has deliveries to receive
+//!   gets its credit back a quarter window at a time; one that has received
+//!   everything is refilled by its next answer, as in RabbitMQ (see
+//!   [`ConsumeOptions::prefetch`]).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
