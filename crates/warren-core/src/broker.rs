@@ -1613,7 +1613,7 @@ impl BrokerInner {
         body: Bytes,
     ) -> Result<Published, PublishError> {
         let mut body = Some(body);
-        if let Some(ttl) = fast_ttl(properties.properties()) {
+        if let Some(ttl) = properties.route_ttl {
             let fast = SCRATCH.with(|cell| {
                 let mut s = cell.try_borrow_mut().ok()?;
                 self.on_cached_route(&mut s, exchange, routing_key, |route| {
@@ -1857,7 +1857,7 @@ fn record(x: &Exchange, out: &Published) {
 /// depends on nothing in a message but its CC/BCC keys (which change the
 /// route), and an expiration that does not parse goes the general path,
 /// which refuses it. `Some(ttl)` if it may.
-fn fast_ttl(properties: &BasicProperties) -> Option<Option<u64>> {
+pub(crate) fn fast_ttl(properties: &BasicProperties) -> Option<Option<u64>> {
     let cc = (properties.headers.as_ref())
         .is_some_and(|h| h.contains_key("CC") || h.contains_key("BCC"));
     if cc {

@@ -202,25 +202,27 @@ impl Message {
 pub struct SharedProperties {
     /// `None` when no property is set, as in [`Content`].
     extra: Option<Arc<Extra>>,
+    /// Whether a publish with them may take a cached route, and the TTL it
+    /// then has: decided once, here (see `broker::fast_ttl`).
+    pub(crate) route_ttl: Option<Option<u64>>,
 }
 
 impl SharedProperties {
     /// Shares these properties.
     pub fn new(properties: BasicProperties) -> SharedProperties {
+        let route_ttl = crate::broker::fast_ttl(&properties);
         let extra = (!properties.is_empty()).then(|| {
             Arc::new(Extra {
                 properties,
                 bcc: Box::default(),
             })
         });
-        SharedProperties { extra }
+        SharedProperties { extra, route_ttl }
     }
 
     /// The properties.
     pub fn properties(&self) -> &BasicProperties {
-        self.extra
-            .as_deref()
-            .map_or(&DEFAULT_PROPERTIES, |e| &e.properties)
+        Extra::properties_of(&self.extra)
     }
 }
 
@@ -271,6 +273,15 @@ struct Extra {
     /// kept here because a dead letter is routed with them again (as
     /// RabbitMQ routes it with every key the message was published with).
     bcc: Box<[String]>,
+}
+
+impl Extra {
+    /// The properties `extra` holds: none set when it is `None`.
+    fn properties_of(extra: &Option<Arc<Extra>>) -> &BasicProperties {
+        extra
+            .as_deref()
+            .map_or(&DEFAULT_PROPERTIES, |e| &e.properties)
+    }
 }
 
 impl Content {
@@ -327,9 +338,7 @@ impl Content {
     }
 
     pub(crate) fn properties(&self) -> &BasicProperties {
-        self.extra
-            .as_deref()
-            .map_or(&DEFAULT_PROPERTIES, |e| &e.properties)
+        Extra::properties_of(&self.extra)
     }
 
     /// The keys of the `BCC` header it was published with.
