@@ -61,7 +61,14 @@ pub async fn start() -> Env {
 
 pub async fn start_with(f: impl FnOnce(ServerConfig) -> ServerConfig) -> Env {
     let broker = Broker::new();
-    let config = f(ServerConfig::with_broker(broker.clone()));
+    let mut config = ServerConfig::with_broker(broker.clone());
+    // A test's clients may take as long as `WAIT` for any step, the
+    // handshake included: on a loaded two-core machine, a thousand clients
+    // took over 10 s (the default) to send their protocol header, and the
+    // server closed them (CI, 2026-11-22). A test about the handshake
+    // timeout sets its own.
+    config.limits.handshake_timeout = WAIT;
+    let config = f(config);
     let server = Server::bind("127.0.0.1:0", config).await.expect("bind");
     Env { broker, server }
 }
