@@ -63,10 +63,12 @@ pub async fn start_with(f: impl FnOnce(ServerConfig) -> ServerConfig) -> Env {
     let broker = Broker::new();
     let mut config = ServerConfig::with_broker(broker.clone());
     // A test's clients may take as long as `WAIT` for any step, the
-    // handshake included: on a loaded two-core machine, a thousand clients
-    // took over 10 s (the default) to send their protocol header, and the
-    // server closed them (CI, 2026-11-22). A test about the handshake
-    // timeout sets its own.
+    // handshake included. With the default 10 s, a thousand clients on a
+    // loaded two-core machine can be slower than that to send their
+    // protocol header, and the server closes them: the likely cause of a
+    // CI failure (2026-11-22: a client saw the stream end instead of
+    // connection.start, in a run 15x slower than usual). A test about the
+    // handshake timeout sets its own.
     config.limits.handshake_timeout = WAIT;
     let config = f(config);
     let server = Server::bind("127.0.0.1:0", config).await.expect("bind");
