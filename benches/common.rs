@@ -44,19 +44,28 @@ pub fn pin(index: usize) {
     if std::env::var("WARREN_BENCH_PIN").is_ok_and(|v| v == "0") {
         return;
     }
-    let Some(cores) = core_affinity::get_core_ids() else {
-        return;
-    };
+    let cores = CORES.get_or_init(|| core_affinity::get_core_ids().unwrap_or_default());
     if cores.len() >= 2 {
         core_affinity::set_for_current(cores[index % cores.len()]);
     }
 }
 
+/// The CPUs this process may use, read once, before any thread is pinned.
+/// `core_affinity::get_core_ids` lists the CPUs the *calling thread* may
+/// run on, and a thread inherits its parent's mask: read from a thread
+/// spawned by a pinned one, it lists that one CPU alone. (Read per call,
+/// as it once was, the queue-hop bench's consuming thread found one CPU,
+/// was not pinned, and ran on the publisher's CPU: every round reported as
+/// "pinned to two CPUs" ran on one.)
+static CORES: std::sync::OnceLock<Vec<core_affinity::CoreId>> = std::sync::OnceLock::new();
+
 /// How `pin` placed two-thread rounds, for a bench's report.
 pub fn placement() -> &'static str {
     if std::env::var("WARREN_BENCH_PIN").is_ok_and(|v| v == "0") {
         "threads unpinned"
-    } else {
+    } else if CORES.get().is_some_and(|c| c.len() >= 2) {
         "threads pinned to two CPUs"
+    } else {
+        "threads unpinned: fewer than two CPUs"
     }
 }

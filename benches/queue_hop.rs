@@ -7,10 +7,17 @@
 //! median of interleaved rounds and the ratio. The publishing (sending)
 //! thread runs on one CPU and the consuming one on another, for both (see
 //! `common::pin`; `WARREN_BENCH_PIN=0` leaves them to the scheduler).
+//!
+//! A round's clock runs from the first send to the moment the consuming
+//! thread has taken (and, for warren, acked) the last message, read on that
+//! thread: the hop is done then, and how soon the publishing thread's `join`
+//! wakes up after it is not part of it. The baseline's clock stops the same
+//! way.
 
 mod common;
 
-use std::sync::{Arc, Barrier};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -24,36 +31,39 @@ const BODY: &[u8; 16] = b"0123456789abcdef";
 /// Raw crossbeam: one producer thread, one consumer thread, bounded 1024.
 fn crossbeam_hop(n: u64) -> Duration {
     let (tx, rx) = crossbeam_channel::bounded::<Bytes>(1024);
-    let (ready, consumer) = consumer_thread(move || {
+    let consumer = consumer_thread(move || {
         for _ in 0..n {
             let b = rx.recv().expect("sender alive");
             std::hint::black_box(b);
         }
+        Instant::now()
     });
-    ready.wait();
     let start = Instant::now();
     for _ in 0..n {
         tx.send(Bytes::from_static(BODY)).expect("receiver alive");
     }
-    consumer.join().expect("consumer thread");
-    start.elapsed()
+    let end = consumer.join().expect("consumer thread");
+    end - start
 }
 
-/// Starts the consuming side on the second CPU; the clock starts once it
-/// is there (`ready`), so that neither side's round counts the thread's
-/// start. (It starts on its parent's CPU, and a publisher that never waits
-/// would keep it from moving for a while.)
+/// Starts the consuming side on the second CPU and returns once it is
+/// there: the clock starts then, so neither side's round counts the
+/// thread's start. Both sides spin until then rather than sleep in a
+/// `Barrier`, so that no round starts with a CPU waking from idle.
 fn consumer_thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
-) -> (Arc<Barrier>, thread::JoinHandle<T>) {
-    let ready = Arc::new(Barrier::new(2));
-    let there = ready.clone();
+) -> thread::JoinHandle<T> {
+    let there = Arc::new(AtomicBool::new(false));
+    let flag = there.clone();
     let handle = thread::spawn(move || {
         common::pin(1);
-        there.wait();
+        flag.store(true, Ordering::Release);
         f()
     });
-    (ready, handle)
+    while !there.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    handle
 }
 
 /// A broker with `amq.direct` bound to one queue and a consumer with
@@ -81,22 +91,21 @@ fn setup(prefetch: u32) -> (Broker, warren::Consumer) {
 /// warren: publish through `amq.direct` on this thread, receive and ack on
 /// another.
 fn warren_hop(broker: &Broker, consumer: warren::Consumer, n: u64) -> (Duration, warren::Consumer) {
-    let (ready, handle) = consumer_thread(move || {
+    let handle = consumer_thread(move || {
         for _ in 0..n {
             let d = consumer.recv().expect("consumer alive");
             d.ack();
         }
-        consumer
+        (Instant::now(), consumer)
     });
-    ready.wait();
     let start = Instant::now();
     for _ in 0..n {
         broker
             .publish("amq.direct", "hop", Bytes::from_static(BODY))
             .expect("publish");
     }
-    let consumer = handle.join().expect("consumer thread");
-    (start.elapsed(), consumer)
+    let (end, consumer) = handle.join().expect("consumer thread");
+    (end - start, consumer)
 }
 
 fn bench(c: &mut Criterion) {
