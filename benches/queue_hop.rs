@@ -48,8 +48,9 @@ fn crossbeam_hop(n: u64) -> Duration {
 
 /// Starts the consuming side on the second CPU and returns once it is
 /// there: the clock starts then, so neither side's round counts the
-/// thread's start. Both sides spin until then rather than sleep in a
-/// `Barrier`, so that no round starts with a CPU waking from idle.
+/// thread's start. The publisher spins on the consumer's flag rather than
+/// sleeping in a `Barrier`, and the consumer goes straight on into its
+/// loop, so no round starts with a CPU waking from idle.
 fn consumer_thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> thread::JoinHandle<T> {
