@@ -403,7 +403,8 @@ thread_local! {
 /// A message routed and ready to offer to its queues.
 struct Prepared {
     exchange: Arc<Exchange>,
-    content: Content,
+    /// `None` once the last queue has taken it (see [`Content::copy`]).
+    content: Option<Content>,
     ttl: Option<u64>,
     /// The headers as published, when routing changed them (`BCC` removed).
     original_headers: Option<FieldTable>,
@@ -1531,7 +1532,7 @@ impl BrokerInner {
         let content = Content::new(Names::new(&x.name, routing_key), message, bcc);
         Ok(Prepared {
             exchange: x,
-            content,
+            content: Some(content),
             ttl,
             original_headers,
         })
@@ -1629,7 +1630,7 @@ impl BrokerInner {
                     let body = body.take().unwrap_or_default();
                     let content = Content::shared(route.names.clone(), properties, body);
                     let (x, queues) = (&route.exchange, &route.queues);
-                    self.offer_all(x, queues, content, ttl, None, Wait::Block)
+                    self.offer_all(x, queues, Some(content), ttl, None, Wait::Block)
                 })
             });
             if let Some(r) = fast {
@@ -1673,7 +1674,14 @@ impl BrokerInner {
         if let Some(ttl) = fast_ttl(&message.properties) {
             let fast = self.on_cached_route(s, exchange, routing_key, |route| {
                 let content = Content::new(route.names.clone(), message, Vec::new());
-                self.offer_all(&route.exchange, &route.queues, content, ttl, None, wait)
+                self.offer_all(
+                    &route.exchange,
+                    &route.queues,
+                    Some(content),
+                    ttl,
+                    None,
+                    wait,
+                )
             });
             if let Some(r) = fast {
                 return r;
@@ -1697,12 +1705,12 @@ impl BrokerInner {
         &self,
         x: &Exchange,
         queues: &[Arc<Queue>],
-        mut content: Content,
+        mut content: Option<Content>,
         ttl: Option<u64>,
         original_headers: Option<&FieldTable>,
         wait: Wait,
     ) -> Result<Published, PublishError> {
-        let bytes = content.body_len() as u64;
+        let bytes = content.as_ref().map_or(0, Content::body_len) as u64;
         if wait == Wait::Never {
             for q in queues
                 .iter()
@@ -1710,7 +1718,9 @@ impl BrokerInner {
             {
                 let st = q.lock();
                 if !st.deleted && !q.has_room(&st, bytes) {
-                    let m = unpublished(&content, original_headers);
+                    let m = (content.as_ref())
+                        .map(|c| unpublished(c, original_headers))
+                        .unwrap_or_default();
                     return Err(PublishError::Full(Box::new(m)));
                 }
             }
@@ -1810,7 +1820,7 @@ impl BrokerInner {
             queues.retain(|q| !is_cycle(&q.name, deaths));
         }
         let rk = routing_key.as_deref().unwrap_or(content.routing_key());
-        let mut content = Content::new(
+        let mut content = Some(Content::new(
             Names::new(&x.name, rk),
             &mut Message {
                 properties: props,
@@ -1824,7 +1834,7 @@ impl BrokerInner {
             } else {
                 content.bcc().to_vec()
             },
-        );
+        ));
         let mut out = Published::default();
         for (i, q) in queues.iter().enumerate() {
             let now = self.now();

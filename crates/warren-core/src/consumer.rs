@@ -141,8 +141,10 @@ const BATCH_OF_WINDOW: u32 = if cfg!(loom) { 1 } else { 4 };
 #[repr(align(128))]
 struct Wake {
     waiters: Mutex<WaitList>,
-    /// How many are registered in `waiters`: a pusher reads it (after a
-    /// `SeqCst` fence) and takes the lock only when someone waits.
+    /// How many are registered in `waiters`: a dispatcher reads it, under
+    /// the queue lock, and takes the waiters' lock only when someone waits.
+    /// Always written under the waiters' lock; a registration writes it
+    /// under the queue lock too (see `ConsumerShared::register`).
     sleepers: AtomicUsize,
     cancelled: AtomicBool,
 }
@@ -360,20 +362,21 @@ impl ConsumerShared {
         self.pay_owed();
     }
 
-    /// Hands a copy to the receiver, without waking it. Call under the queue
-    /// lock, after [`try_take_credit`](Self::try_take_credit) said yes; then
-    /// fence and call [`wake_after_fence`](Self::wake_after_fence), once
-    /// for a batch of copies (a fence waits for the pushed slots to be
-    /// written; one per batch lets their writes overlap).
-    pub(crate) fn push_quietly(&self, e: Entry) {
+    /// Hands a copy to the receiver. Call under the queue lock, after
+    /// [`try_take_credit`](Self::try_take_credit) said yes; then call
+    /// [`wake_sleeper`](Self::wake_sleeper).
+    pub(crate) fn push(&self, e: Entry) {
         self.ring.push(e);
     }
 
-    /// Wakes a sleeping receiver, if any. Call after a `SeqCst` fence that
-    /// follows the pushes: either a receiver about to sleep sees the entries
-    /// on its second look, or this sees it registered (it registers,
-    /// fences, looks again).
-    pub(crate) fn wake_after_fence(&self) {
+    /// Wakes a sleeping receiver, if any. Call under the queue lock, after
+    /// a push. A receiver registers to sleep under that lock too, and looks
+    /// at the ring again once registered (see [`register`](Self::register)):
+    /// so either this push came first and the receiver sees it on its second
+    /// look, or the registration came first and this sees it. No fence is
+    /// needed for that, on the path every message takes: the lock orders
+    /// the two.
+    pub(crate) fn wake_sleeper(&self) {
         if self.wake.sleepers.load(Ordering::Relaxed) != 0 {
             let woken = {
                 let mut w = self.wake.waiters.lock();
@@ -425,14 +428,21 @@ impl ConsumerShared {
     /// Registers a waiter (`register` runs under the waiters' lock), then
     /// looks again: true if the wait is still needed. The caller must
     /// `forget_waiter(key)` when it stops waiting.
+    ///
+    /// The registration (and the count of sleepers a dispatcher reads) is
+    /// written under the queue's lock as well, the lock every push into the
+    /// ring is made under: a push made before it is seen by the second
+    /// look, and a push made after it sees the sleeper (see
+    /// [`wake_sleeper`](Self::wake_sleeper)). Only a receiver about to
+    /// sleep takes the queue lock for this; a dispatcher pays no fence.
     fn register(&self, register: impl FnOnce(&mut WaitList) -> u64) -> (u64, bool) {
         let key = {
+            let _queue = self.queue.lock();
             let mut w = self.wake.waiters.lock();
             let key = register(&mut w);
             self.wake.sleepers.store(w.len(), Ordering::Relaxed);
             key
         };
-        fence(Ordering::SeqCst);
         let wait = self.ring.is_empty() && !self.wake.cancelled.load(Ordering::Acquire);
         (key, wait)
     }

@@ -364,12 +364,15 @@ impl Content {
     }
 
     /// The copy for one queue: the content itself for the last queue a
-    /// message goes to (`last`), a clone for the others.
-    pub(crate) fn copy(content: &mut Content, last: bool) -> Content {
+    /// message goes to (`last`), a clone for the others. The content is held
+    /// in an `Option` so that taking it leaves a `None` (one store, and
+    /// nothing to drop) rather than a default content to write and drop.
+    #[inline]
+    pub(crate) fn copy(src: &mut Option<Content>, last: bool) -> Content {
         if last {
-            std::mem::take(content)
+            src.take().unwrap_or_default()
         } else {
-            content.clone()
+            src.clone().unwrap_or_default()
         }
     }
 

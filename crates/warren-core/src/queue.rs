@@ -53,7 +53,7 @@ use crate::consumer::ConsumerShared;
 use crate::field::FieldTable;
 use crate::message::Content;
 use crate::options::{Overflow, OwnerId};
-use crate::sync::{fence, AtomicBool, AtomicU64, ConsumerArc, Mutex, MutexGuard};
+use crate::sync::{AtomicBool, AtomicU64, ConsumerArc, Mutex, MutexGuard};
 use crate::wait::WaitList;
 
 /// The parsed, validated settings of a queue.
@@ -351,7 +351,7 @@ impl Queue {
     pub(crate) fn offer(
         &self,
         st: &mut QueueState,
-        content: &mut Content,
+        content: &mut Option<Content>,
         last: bool,
         expires_at: u64,
         now: u64,
@@ -362,7 +362,7 @@ impl Queue {
             return Offer::Gone;
         }
         self.expire_head(st, now, after);
-        let bytes = content.body_len() as u64;
+        let bytes = content.as_ref().map_or(0, Content::body_len) as u64;
         if self.over_limit(st, 1, bytes) {
             match self.config.overflow {
                 Overflow::DropHead => {}
@@ -532,9 +532,6 @@ impl Queue {
             return;
         }
         let mut moved = false;
-        // Consumers handed a copy, to wake after one fence for the batch;
-        // past the first 64, each is woken as it is handed one.
-        let mut quiet = 0u64;
         while !st.ready.is_empty() {
             let Some(idx) = Self::take_credit(st) else {
                 break;
@@ -544,20 +541,8 @@ impl Queue {
                 st.consumers[idx].return_credit_no_dispatch();
                 break;
             };
-            if idx < 64 {
-                Self::hand_quietly(st, idx, e);
-                quiet |= 1 << idx;
-            } else {
-                self.hand_to(st, idx, e);
-            }
+            self.hand_to(st, idx, e);
             moved = true;
-        }
-        if quiet != 0 {
-            fence(Ordering::SeqCst);
-            while quiet != 0 {
-                st.consumers[quiet.trailing_zeros() as usize].wake_after_fence();
-                quiet &= quiet - 1;
-            }
         }
         if moved {
             self.room_freed(st);
@@ -567,8 +552,8 @@ impl Queue {
     /// Takes one unit of prefetch credit from the next consumer, in
     /// round-robin order, that has one; returns its index.
     ///
-    /// No division on the way (the `%` it had, and the one in
-    /// `hand_quietly`, were two hardware divides per publish): `rr` is below
+    /// No division on the way (the `%` it had, and the one in `hand_to`,
+    /// were two hardware divides per publish): `rr` is below
     /// the consumer count unless a consumer left since it was set.
     fn take_credit(st: &QueueState) -> Option<usize> {
         let n = st.consumers.len();
@@ -588,19 +573,15 @@ impl Queue {
         None
     }
 
-    /// Hands a copy to the consumer whose credit was taken.
+    /// Hands a copy to the consumer whose credit was taken, and wakes its
+    /// receiver if one sleeps. No fence between the two: receivers register
+    /// to sleep under the queue lock, which this holds (see
+    /// `ConsumerShared::register`).
     fn hand_to(&self, st: &mut QueueState, idx: usize, e: Entry) {
-        Self::hand_quietly(st, idx, e);
-        fence(Ordering::SeqCst);
-        st.consumers[idx].wake_after_fence();
-    }
-
-    /// [`hand_to`](Self::hand_to) without waking the receiver: the caller
-    /// fences once for a batch and wakes those it handed copies to (see
-    /// `ConsumerShared::push_quietly`).
-    fn hand_quietly(st: &mut QueueState, idx: usize, e: Entry) {
         st.counters.delivered += 1;
-        st.consumers[idx].push_quietly(e);
+        let c = &st.consumers[idx];
+        c.push(e);
+        c.wake_sleeper();
         // `idx` is a consumer's index: the next one, or the first.
         st.rr = if idx + 1 < st.consumers.len() {
             idx + 1
