@@ -51,7 +51,7 @@ use bytes::Bytes;
 use crate::clock::{unix_seconds, Clock};
 use crate::consumer::{Consumer, ConsumerShared, Delivery};
 use crate::error::{Error, Result};
-use crate::exchange::{Dest, Exchange};
+use crate::exchange::{Dest, Exchange, PublishCounts};
 use crate::field::{AMQPValue, FieldTable};
 use crate::message::{BasicProperties, Content, Message, Names, SharedProperties, NO_PROPERTIES};
 use crate::options::{
@@ -336,6 +336,9 @@ struct CachedRoute {
     queues: Box<[Arc<Queue>]>,
     /// The exchange's name and the routing key, as messages hold them.
     names: Names,
+    /// Where this thread counts its publishes on the route for the exchange
+    /// (only this thread writes it; see `Exchange::thread_counts`).
+    counts: Arc<PublishCounts>,
 }
 
 impl RouteCache {
@@ -1001,8 +1004,7 @@ impl Broker {
             .read()
             .values()
             .map(|x| {
-                let routed = x.routed.load(Ordering::Relaxed);
-                let unroutable = x.unroutable.load(Ordering::Relaxed);
+                let (routed, unroutable) = x.published();
                 ExchangeStats {
                     name: x.name.to_string(),
                     published: routed + unroutable,
@@ -1525,6 +1527,7 @@ impl BrokerInner {
                         routing_key: routing_key.into(),
                         queues: queues.as_slice().into(),
                         names: Names::new(&x.name, routing_key),
+                        counts: x.thread_counts(),
                     });
                 }
             }
@@ -1629,8 +1632,8 @@ impl BrokerInner {
                 self.on_cached_route(&mut s, exchange, routing_key, |route| {
                     let body = body.take().unwrap_or_default();
                     let content = Content::shared(route.names.clone(), properties, body);
-                    let (x, queues) = (&route.exchange, &route.queues);
-                    self.offer_all(x, queues, Some(content), ttl, None, Wait::Block)
+                    let (count, queues) = (CountOn::Cell(&route.counts), &route.queues);
+                    self.offer_all(count, queues, Some(content), ttl, None, Wait::Block)
                 })
             });
             if let Some(r) = fast {
@@ -1675,7 +1678,7 @@ impl BrokerInner {
             let fast = self.on_cached_route(s, exchange, routing_key, |route| {
                 let content = Content::new(route.names.clone(), message, Vec::new());
                 self.offer_all(
-                    &route.exchange,
+                    CountOn::Cell(&route.counts),
                     &route.queues,
                     Some(content),
                     ttl,
@@ -1692,7 +1695,8 @@ impl BrokerInner {
             .prepare(exchange, routing_key, message, &mut queues, s)
             .and_then(|p| {
                 let h = p.original_headers.as_ref();
-                self.offer_all(&p.exchange, &queues, p.content, p.ttl, h, wait)
+                let count = CountOn::Exchange(&p.exchange);
+                self.offer_all(count, &queues, p.content, p.ttl, h, wait)
             });
         queues.clear();
         s.queues = queues;
@@ -1700,10 +1704,10 @@ impl BrokerInner {
     }
 
     /// Offers a routed message to its queues, in turn, and counts what they
-    /// did with it on the exchange.
+    /// did with it on the exchange (`count`).
     fn offer_all(
         &self,
-        x: &Exchange,
+        count: CountOn<'_>,
         queues: &[Arc<Queue>],
         mut content: Option<Content>,
         ttl: Option<u64>,
@@ -1758,7 +1762,10 @@ impl BrokerInner {
                 break;
             }
         }
-        record(x, &out);
+        match count {
+            CountOn::Exchange(x) => record(x, &out),
+            CountOn::Cell(c) => c.add_own(!out.is_unroutable()),
+        }
         Ok(out)
     }
 
@@ -1863,13 +1870,17 @@ fn tally(out: &mut Published, r: Offer) {
     }
 }
 
+/// Where a publish is counted: on its exchange's shared counts, or on the
+/// calling thread's own cell for a cached route.
+#[derive(Clone, Copy)]
+enum CountOn<'a> {
+    Exchange(&'a Exchange),
+    Cell(&'a PublishCounts),
+}
+
 fn record(x: &Exchange, out: &Published) {
     // One counter per publish: `published` is their sum.
-    if out.is_unroutable() {
-        x.unroutable.fetch_add(1, Ordering::Relaxed);
-    } else {
-        x.routed.fetch_add(1, Ordering::Relaxed);
-    }
+    x.count(!out.is_unroutable());
 }
 
 /// Whether a message may take a cached route, and its TTL: a cached route
@@ -2302,6 +2313,50 @@ fn timer_thread(timer: Arc<Timer>, broker: Weak<BrokerInner>, clock: Clock) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exchange_counts_stay_exact_across_threads_and_topology_changes() {
+        let b = Broker::new();
+        b.declare_queue("q", QueueDeclareOptions::default())
+            .unwrap();
+        b.bind_queue("q", "amq.direct", "k", &FieldTable::new())
+            .unwrap();
+        let publishers: Vec<_> = (0..4)
+            .map(|t| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        assert_eq!(b.publish("amq.direct", "k", "m").unwrap().routed, 1);
+                        assert!(b
+                            .publish("amq.direct", "none", "m")
+                            .unwrap()
+                            .is_unroutable());
+                        if i % 50 == 0 {
+                            // Every cached route goes stale: new cells.
+                            let name = format!("t{t}-{i}");
+                            b.declare_queue(&name, QueueDeclareOptions::default())
+                                .unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for p in publishers {
+            p.join().unwrap();
+        }
+        // Through the general path too (a message with properties).
+        let m = Message::new("m").with_properties(BasicProperties::default().with_priority(1));
+        b.publish("amq.direct", "k", m).unwrap();
+        let x = b.stats().exchanges;
+        let x = x.iter().find(|x| x.name == "amq.direct").unwrap();
+        assert_eq!((x.routed, x.unroutable, x.published), (2001, 2000, 4001));
+        // The publishing threads are gone, and so are their cached routes:
+        // their cells were folded into the exchange's own counts. The one
+        // left is this thread's route, cached by the last publish.
+        let direct = b.inner.exchange("amq.direct").unwrap();
+        assert_eq!(direct.published(), (2001, 2000));
+        assert_eq!(direct.cells.lock().len(), 1);
+    }
 
     #[test]
     fn dropping_the_broker_frees_exchange_binding_cycles() {

@@ -6,6 +6,7 @@
 //! [`HeadersIndex`] for headers). Routing reads only the index.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use crate::error::Error;
@@ -13,7 +14,7 @@ use crate::field::FieldTable;
 use crate::headers::{HeadersBinding, HeadersIndex};
 use crate::options::ExchangeKind;
 use crate::queue::Queue;
-use crate::sync::{AtomicU64, RwLock};
+use crate::sync::{fence, AtomicU64, Mutex, RwLock};
 use crate::topic::TopicTrie;
 
 /// Where a binding leads.
@@ -237,8 +238,52 @@ pub(crate) struct Exchange {
     pub(crate) arguments: FieldTable,
     pub(crate) alternate: Option<String>,
     pub(crate) bindings: RwLock<Bindings>,
-    pub(crate) routed: AtomicU64,
-    pub(crate) unroutable: AtomicU64,
+    /// Publishes counted by any thread, and those folded in from the cells
+    /// of routes no thread caches any more.
+    counts: PublishCounts,
+    /// One cell per route a thread caches (see [`thread_counts`](Self::thread_counts)).
+    pub(crate) cells: Mutex<Vec<Arc<PublishCounts>>>,
+}
+
+/// How many publishes an exchange took: routed to at least one queue, or
+/// unroutable (their sum is `published`).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub(crate) struct PublishCounts {
+    routed: AtomicU64,
+    unroutable: AtomicU64,
+}
+
+impl PublishCounts {
+    /// Counts one publish, from any thread: a read-modify-write.
+    pub(crate) fn add(&self, routed: bool) {
+        let c = if routed {
+            &self.routed
+        } else {
+            &self.unroutable
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one publish on a cell only the calling thread writes (a
+    /// thread's cached route, see [`Exchange::thread_counts`]): a load and a
+    /// store, no locked instruction, and no cache line shared with the
+    /// exchange's other publishers.
+    pub(crate) fn add_own(&self, routed: bool) {
+        let c = if routed {
+            &self.routed
+        } else {
+            &self.unroutable
+        };
+        c.store(c.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> (u64, u64) {
+        (
+            self.routed.load(Ordering::Relaxed),
+            self.unroutable.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Exchange {
@@ -265,8 +310,58 @@ impl Exchange {
             arguments,
             alternate,
             bindings: RwLock::new(Bindings::new(kind)),
-            routed: AtomicU64::new(0),
-            unroutable: AtomicU64::new(0),
+            counts: PublishCounts::default(),
+            cells: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Counts one publish from a thread without a cell for it.
+    pub(crate) fn count(&self, routed: bool) {
+        self.counts.add(routed);
+    }
+
+    /// A counter cell for one route a thread caches: that thread counts
+    /// its publishes on the route there with [`PublishCounts::add_own`].
+    /// Many threads publishing to one exchange then do not all add to one
+    /// shared counter, whose cache line would cross between their cores
+    /// on every publish (and each add would be a locked instruction).
+    ///
+    /// A cell whose route is dropped (the topology changed, the cache was
+    /// full, the thread ended) is folded into the shared counts the next
+    /// time a cell is made or the counts are read, so there are never many
+    /// more cells than routes cached.
+    pub(crate) fn thread_counts(&self) -> Arc<PublishCounts> {
+        let cell = Arc::new(PublishCounts::default());
+        let mut cells = self.cells.lock();
+        self.fold_released(&mut cells);
+        cells.push(cell.clone());
+        cell
+    }
+
+    /// Publishes so far: (routed, unroutable).
+    pub(crate) fn published(&self) -> (u64, u64) {
+        let mut cells = self.cells.lock();
+        self.fold_released(&mut cells);
+        cells.iter().fold(self.counts.get(), |(r, u), c| {
+            let (cr, cu) = c.get();
+            (r.wrapping_add(cr), u.wrapping_add(cu))
+        })
+    }
+
+    /// Moves the counts of cells no route holds any more into the shared
+    /// counts. Only this list holds such a cell, and no new holder can
+    /// appear (the list's lock is held), so its last writer is done: its
+    /// drop of the route released the counts, and the fence acquires them.
+    fn fold_released(&self, cells: &mut Vec<Arc<PublishCounts>>) {
+        cells.retain(|c| {
+            if Arc::strong_count(c) > 1 {
+                return true;
+            }
+            fence(Ordering::Acquire);
+            let (r, u) = c.get();
+            self.counts.routed.fetch_add(r, Ordering::Relaxed);
+            self.counts.unroutable.fetch_add(u, Ordering::Relaxed);
+            false
+        });
     }
 }
