@@ -1762,10 +1762,7 @@ impl BrokerInner {
                 break;
             }
         }
-        match count {
-            CountOn::Exchange(x) => record(x, &out),
-            CountOn::Cell(c) => c.add_own(!out.is_unroutable()),
-        }
+        count.record(&out);
         Ok(out)
     }
 
@@ -1858,7 +1855,7 @@ impl BrokerInner {
             self.finish(after);
             tally(&mut out, r);
         }
-        record(&x, &out);
+        CountOn::Exchange(&x).record(&out);
     }
 }
 
@@ -1878,9 +1875,15 @@ enum CountOn<'a> {
     Cell(&'a PublishCounts),
 }
 
-fn record(x: &Exchange, out: &Published) {
-    // One counter per publish: `published` is their sum.
-    x.count(!out.is_unroutable());
+impl CountOn<'_> {
+    /// Counts one publish: routed or unroutable (`published` is their sum).
+    fn record(self, out: &Published) {
+        let routed = !out.is_unroutable();
+        match self {
+            CountOn::Exchange(x) => x.count(routed),
+            CountOn::Cell(c) => c.add_own(routed),
+        }
+    }
 }
 
 /// Whether a message may take a cached route, and its TTL: a cached route
@@ -2219,7 +2222,7 @@ impl Future for PublishAsync {
             tally(&mut this.outcome, r);
             this.next += 1;
         }
-        record(&p.exchange, &this.outcome);
+        CountOn::Exchange(&p.exchange).record(&this.outcome);
         this.state = Err(None);
         Poll::Ready(Ok(this.outcome))
     }
