@@ -13,10 +13,17 @@
 //! thread: the hop is done then, and how soon the publishing thread's `join`
 //! wakes up after it is not part of it. The baseline's clock stops the same
 //! way.
+//!
+//! It also times one cache line's round trip between the two CPUs (a store
+//! on one seen by the other, and its answer seen back), and reports each
+//! hop's time per message in those round trips. A hand-off in which each
+//! message waits for the other side costs about one; below that, the two
+//! sides overlap. The round trip is a property of the machine and the
+//! placement of its two CPUs, steadier from run to run than either hop.
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -65,6 +72,34 @@ fn consumer_thread<T: Send + 'static>(
         std::hint::spin_loop();
     }
     handle
+}
+
+/// One cache line's round trip between the two CPUs: the publishing
+/// thread stores a number, the consuming one waits to see it and stores the
+/// next, and so on, `n` times each way. The time of one round trip.
+fn line_round_trip(n: u64) -> Duration {
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    let line = Arc::new(Line(AtomicU64::new(0)));
+    let other = line.clone();
+    let answerer = consumer_thread(move || {
+        for i in 0..n {
+            while other.0.load(Ordering::Acquire) != 2 * i + 1 {
+                std::hint::spin_loop();
+            }
+            other.0.store(2 * i + 2, Ordering::Release);
+        }
+    });
+    let start = Instant::now();
+    for i in 0..n {
+        line.0.store(2 * i + 1, Ordering::Release);
+        while line.0.load(Ordering::Acquire) != 2 * i + 2 {
+            std::hint::spin_loop();
+        }
+    }
+    let took = start.elapsed();
+    answerer.join().expect("answering thread");
+    took / n as u32
 }
 
 /// A broker with `amq.direct` bound to one queue and a consumer with
@@ -150,13 +185,24 @@ fn main() {
             t
         },
     );
+    let mut trips: Vec<Duration> = (0..rounds.min(5))
+        .map(|_| line_round_trip(if common::quick() { 1_000 } else { 100_000 }))
+        .collect();
+    let trip = common::median(&mut trips);
     let rate = |d: Duration| BATCH as f64 / d.as_secs_f64();
+    let per_trip = |d: Duration| d.as_secs_f64() / BATCH as f64 / trip.as_secs_f64();
     println!(
         "queue_hop: crossbeam {:.2} M msg/s, warren {:.2} M msg/s (medians of {rounds} interleaved rounds of {BATCH}, {}); warren/crossbeam = {:.0} %",
         rate(raw) / 1e6,
         rate(ours) / 1e6,
         common::placement(),
         100.0 * rate(ours) / rate(raw)
+    );
+    println!(
+        "queue_hop: a cache line's round trip between the two CPUs {:.0} ns; per message, crossbeam {:.2} round trips, warren {:.2}",
+        trip.as_secs_f64() * 1e9,
+        per_trip(raw),
+        per_trip(ours)
     );
     criterion::Criterion::default()
         .configure_from_args()
