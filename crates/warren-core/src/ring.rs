@@ -18,9 +18,10 @@
 //! The one module of warren-core with `unsafe` (the crate denies it
 //! elsewhere): a slot is written and read through raw pointers, under the
 //! protocol above, and a push asks the processor for the lines of a slot a
-//! few ahead (`prefetchw`, see [`claim_ahead`]). `tests/loom.rs` runs it under loom, whose `UnsafeCell`
-//! fails a model on any unsynchronised access to a slot; the unit tests
-//! below check order, wrap-around and that every entry is dropped once.
+//! few ahead (`prefetchw`, see [`claim_ahead`]). `tests/loom.rs` runs the
+//! ring under loom, whose `UnsafeCell` fails a model on any unsynchronised
+//! access to a slot; the unit tests below check order, wrap-around and that
+//! every entry is dropped once.
 //! (Miri would be the next check; it needs a nightly toolchain, which the
 //! project's machines do not have.)
 #![allow(unsafe_code)]
@@ -88,8 +89,10 @@ pub(crate) struct Ring {
 
 /// How many slots ahead of the one it writes a push claims lines for its
 /// later writes. Far enough that the consumer, which polls the slot at its
-/// `head`, is not reading them, and that the claim has a few pushes' time to
-/// arrive; near enough that the lines are still there when written.
+/// `head`, is not reading them (unless the ring is within this many of
+/// full, when the hint only costs the consumer a fetch back), and that the
+/// claim has a few pushes' time to arrive; near enough that the lines are
+/// still there when written.
 const AHEAD: usize = 4;
 
 impl std::fmt::Debug for Ring {
@@ -225,8 +228,8 @@ impl Ring {
 /// publish), and the queue lock's release, a locked instruction, waits for
 /// the write to complete. Asked for a few pushes early, the lines are this
 /// core's by the time the push writes them: in the two-thread queue hop a
-/// message went from about one such round trip to about 0.65 of one, and
-/// the hop from 7-8.5 to 9-11.5 M msg/s.
+/// message went from about one such round trip to 0.6-0.75 of one, and
+/// the hop from 6-8.5 to 8.3-11.6 M msg/s.
 ///
 /// x86-64 only: there `prefetchw` is a no-op on processors without it. Other
 /// targets do without the hint.
