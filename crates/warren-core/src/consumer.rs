@@ -61,7 +61,7 @@ pub(crate) struct ConsumerShared {
     owed: AtomicBool,
     /// Serialises receivers (the ring has one consumer at a time) and
     /// numbers deliveries.
-    recv: Mutex<u64>,
+    recv: Receiving,
     credit: Credit,
     returns: Returns,
     starved: Starved,
@@ -136,6 +136,67 @@ const STARVED: u64 = 1 << 32;
 /// exercise the wait for a batch.
 const BATCH_OF_WINDOW: u32 = if cfg!(loom) { 1 } else { 4 };
 
+/// The receivers' lock: one receiver at a time takes from the ring, and
+/// numbers what it takes.
+///
+/// A spin lock whose release is a plain store, not `parking_lot`'s mutex,
+/// whose release is a locked instruction (it must look for parked
+/// waiters): a receive holds it for one `pop`, and only receivers of the
+/// same consumer racing each other ever wait for it, so none ever needs to
+/// sleep on it. Every delivery took it and let it go, and the release's
+/// locked instruction was one of the seven a two-thread hop's receiving
+/// side spent per message.
+#[derive(Debug, Default)]
+struct Receiving {
+    held: AtomicBool,
+    /// Deliveries numbered so far; read and written only under the lock.
+    tags: AtomicU64,
+}
+
+impl Receiving {
+    fn lock(&self) -> ReceiveGuard<'_> {
+        let mut step = 0;
+        while self
+            .held
+            .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            // The holder is a receiver of this consumer, one `pop` from
+            // letting go, unless it was preempted: then yield to it.
+            if step < SPIN_LIMIT {
+                for _ in 0..(1u32 << step) {
+                    spin_loop();
+                }
+                step += 1;
+            } else {
+                thread::yield_now();
+            }
+        }
+        ReceiveGuard { lock: self }
+    }
+}
+
+/// A held [`Receiving`] lock.
+struct ReceiveGuard<'a> {
+    lock: &'a Receiving,
+}
+
+impl ReceiveGuard<'_> {
+    /// The tag of the next delivery (tags count from 1).
+    fn next_tag(&self) -> u64 {
+        let tags = &self.lock.tags;
+        let tag = tags.load(Ordering::Relaxed) + 1;
+        tags.store(tag, Ordering::Relaxed);
+        tag
+    }
+}
+
+impl Drop for ReceiveGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.held.store(false, Ordering::Release);
+    }
+}
+
 /// Receivers waiting for the ring to fill or the consumer to be cancelled.
 #[derive(Debug)]
 #[repr(align(128))]
@@ -165,7 +226,7 @@ impl ConsumerShared {
             no_ack,
             queue,
             owed: AtomicBool::new(false),
-            recv: Mutex::new(0),
+            recv: Receiving::default(),
             credit: Credit {
                 prefetch,
                 dispatched: AtomicU32::new(0),
@@ -296,11 +357,15 @@ impl ConsumerShared {
         // Starved: call back after a batch of answers, or at once if the
         // receiver has nothing left to work through. The receiver empties
         // the ring, fences and reads `answered` (in `ran_dry`); this added
-        // to `answered`, fences and reads the ring: one of the two sees
-        // the other, and calls back.
+        // to `answered` and reads the ring's head, both `SeqCst`: one of the
+        // two sees the other, and calls back. (With a fence on one side,
+        // `SeqCst` accesses on the other suffice: C++20's rules for fences,
+        // [atomics.order] 4.2 and 4.3. A fence here was a locked
+        // instruction on every answer of a consumer working through a
+        // backlog.)
         if !now && answered.wrapping_sub(at as u32) < r.batch {
-            fence(Ordering::SeqCst);
-            if !self.ring.is_empty() {
+            seqcst_handover();
+            if !self.ring.is_empty_seqcst() {
                 return false;
             }
         }
@@ -691,10 +756,9 @@ impl Consumer {
         if self.shared.ring.is_empty() {
             self.shared.ran_dry();
         }
-        let mut tags = self.shared.recv.lock();
+        let recv = self.shared.recv.lock();
         let e = self.shared.ring.pop()?;
-        *tags += 1;
-        Some((e, *tags))
+        Some((e, recv.next_tag()))
     }
 
     /// One look at the ring.

@@ -154,7 +154,20 @@ impl Ring {
     /// when it holds an entry: the hand-overs that use it (owed dispatches,
     /// sleeping receivers) only need the second.
     pub(crate) fn is_empty(&self) -> bool {
-        let head = self.consumer.head.load(Ordering::Acquire);
+        self.is_empty_reading_head(Ordering::Acquire)
+    }
+
+    /// As [`is_empty`](Self::is_empty), reading `head` with `SeqCst`: the
+    /// read half of a store-then-load hand-over whose write half is a
+    /// `SeqCst` read-modify-write, and whose other side fences after moving
+    /// `head` (see `ConsumerShared::return_credit`). On x86-64 the read is a
+    /// plain load, where a fence would be a locked instruction.
+    pub(crate) fn is_empty_seqcst(&self) -> bool {
+        self.is_empty_reading_head(Ordering::SeqCst)
+    }
+
+    fn is_empty_reading_head(&self, order: Ordering) -> bool {
+        let head = self.consumer.head.load(order);
         let slot = &self.slots[head & self.mask];
         slot.stamp.load(Ordering::Acquire) != head.wrapping_add(1)
     }

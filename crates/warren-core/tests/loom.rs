@@ -577,3 +577,45 @@ fn blocked_publisher_wakes_when_room_frees() {
         settle(&b, 2, vec![], vec![], seen);
     });
 }
+
+#[test]
+fn two_receivers_share_one_consumer() {
+    // Two threads receive from one `Consumer` (receivers take turns under
+    // its receive lock, a spin lock released with a plain store): each
+    // message is received once, with a tag of its own, while a third
+    // thread publishes.
+    model("two_receivers_share_one_consumer", || {
+        let b = broker(Default::default());
+        let c = std::sync::Arc::new(consume(&b, 2));
+        publish(&b, 0);
+        let publisher = {
+            let b = b.clone();
+            thread::spawn(move || publish(&b, 1))
+        };
+        let receivers: Vec<_> = (0..2)
+            .map(|_| {
+                let c = c.clone();
+                thread::spawn(move || c.try_recv().ok())
+            })
+            .collect();
+        publisher.join().unwrap();
+        let mut seen = Seen::default();
+        let mut tags = Vec::new();
+        for r in receivers {
+            if let Some(d) = r.join().unwrap() {
+                seen.show(&d);
+                tags.push(d.delivery_tag());
+                seen.ack(d);
+            }
+        }
+        while let Ok(d) = c.try_recv() {
+            seen.show(&d);
+            tags.push(d.delivery_tag());
+            seen.ack(d);
+        }
+        tags.sort_unstable();
+        assert_eq!(tags, [1, 2], "each delivery has a tag of its own");
+        let c = std::sync::Arc::into_inner(c).unwrap();
+        settle(&b, 2, vec![(c, 2, vec![])], vec![], seen);
+    });
+}

@@ -610,3 +610,64 @@ fn soak_eight_threads_with_discards_cancels_and_resubscribes() {
         cancels.load(Ordering::SeqCst),
     );
 }
+
+#[test]
+fn receivers_on_many_threads_share_one_consumer() {
+    // Four threads receive from one `Consumer` while a publisher fills its
+    // queue: every message is received once, and the delivery tags are
+    // 1..=n, each once (receivers take turns under the consumer's receive
+    // lock).
+    const N: u64 = 20_000;
+    let b = Broker::new();
+    b.declare_queue("work", QueueDeclareOptions::default())
+        .unwrap();
+    let c = Arc::new(
+        b.consume(
+            "work",
+            ConsumeOptions {
+                prefetch: 64,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let received = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let receivers: Vec<_> = (0..4)
+        .map(|_| {
+            let (c, received) = (c.clone(), received.clone());
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                while received.load(Ordering::Relaxed) < N {
+                    assert!(start.elapsed() < STALL, "receivers stalled");
+                    match c.recv_timeout(Duration::from_millis(10)) {
+                        Ok(d) => {
+                            received.fetch_add(1, Ordering::Relaxed);
+                            let id = u64::from_le_bytes(d.body()[..].try_into().unwrap());
+                            got.push((d.delivery_tag(), id));
+                            d.ack();
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(e) => panic!("{e:?}"),
+                    }
+                }
+                got
+            })
+        })
+        .collect();
+    for id in 0..N {
+        b.publish("", "work", id.to_le_bytes().to_vec()).unwrap();
+    }
+    let mut all: Vec<(u64, u64)> = Vec::new();
+    for r in receivers {
+        all.extend(r.join().unwrap());
+    }
+    let mut tags: Vec<u64> = all.iter().map(|&(tag, _)| tag).collect();
+    let mut ids: Vec<u64> = all.iter().map(|&(_, id)| id).collect();
+    tags.sort_unstable();
+    ids.sort_unstable();
+    assert_eq!(tags, (1..=N).collect::<Vec<_>>());
+    assert_eq!(ids, (0..N).collect::<Vec<_>>());
+    let s = b.queue_stats("work").unwrap();
+    assert_eq!((s.ready, s.unacked, s.acked), (0, 0, N));
+}
