@@ -60,7 +60,11 @@ use crate::options::{
 };
 use crate::queue::{AfterUnlock, Counters, DeadLetter, Offer, Queue, QueueConfig, QueueState};
 use crate::stats::{BrokerStats, ExchangeStats, QueueStats};
+
 use crate::sync::{fence, thread, thread_local, AtomicU64, Condvar, ConsumerArc, Mutex, RwLock};
+
+mod publisher;
+pub use publisher::Publisher;
 
 /// The owner that in-process exclusive declares without an owner get.
 const PROCESS_OWNER: OwnerId = OwnerId(0);
@@ -1519,16 +1523,8 @@ impl BrokerInner {
                     scratch,
                 );
                 if cacheable && extra.is_empty() {
-                    scratch.routes.insert(CachedRoute {
-                        broker: self.uid,
-                        owner: self.this.clone(),
-                        topology,
-                        exchange: x.clone(),
-                        routing_key: routing_key.into(),
-                        queues: queues.as_slice().into(),
-                        names: Names::new(&x.name, routing_key),
-                        counts: x.thread_counts(),
-                    });
+                    let route = self.cached_route(topology, x.clone(), routing_key, queues);
+                    scratch.routes.insert(route);
                 }
             }
         }
@@ -1539,6 +1535,27 @@ impl BrokerInner {
             ttl,
             original_headers,
         })
+    }
+
+    /// A route to keep: from `x` with `routing_key`, to `queues`, computed at
+    /// `topology`, with a counter cell of its own on `x`.
+    fn cached_route(
+        &self,
+        topology: u64,
+        x: Arc<Exchange>,
+        routing_key: &str,
+        queues: &[Arc<Queue>],
+    ) -> CachedRoute {
+        CachedRoute {
+            broker: self.uid,
+            owner: self.this.clone(),
+            topology,
+            names: Names::new(&x.name, routing_key),
+            counts: x.thread_counts(),
+            exchange: x,
+            routing_key: routing_key.into(),
+            queues: queues.into(),
+        }
     }
 
     /// Walks the exchange graph from `x`, collecting each queue once.

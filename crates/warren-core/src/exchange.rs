@@ -265,8 +265,9 @@ impl PublishCounts {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts one publish on a cell only the calling thread writes (a
-    /// thread's cached route, see [`Exchange::thread_counts`]): a load and a
+    /// Counts one publish on a cell with one writer at a time (a thread's
+    /// cached route, or a `Publisher`'s route, which `&mut` keeps to one
+    /// thread at a time; see [`Exchange::thread_counts`]): a load and a
     /// store, no locked instruction, and no cache line shared with the
     /// exchange's other publishers.
     pub(crate) fn add_own(&self, routed: bool) {

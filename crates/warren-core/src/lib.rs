@@ -56,7 +56,7 @@ mod sync;
 mod topic;
 mod wait;
 
-pub use crate::broker::{Broker, PublishAsync, PublishError, Published};
+pub use crate::broker::{Broker, PublishAsync, PublishError, Published, Publisher};
 pub use crate::clock::ManualClock;
 pub use crate::consumer::{Consumer, Delivery, Recv, RecvError, RecvTimeoutError, TryRecvError};
 pub use crate::error::{Error, Result};

@@ -260,6 +260,7 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<warren_core::PublishError>();
     assert_send_sync::<warren_core::Error>();
     assert_send_sync::<warren_core::ManualClock>();
+    assert_send_sync::<warren_core::Publisher>();
     // Futures can move to another executor thread.
     let (b, c) = setup();
     fn send_it<T: Send>(_: &T) {}
