@@ -60,7 +60,6 @@ use crate::options::{
 };
 use crate::queue::{AfterUnlock, Counters, DeadLetter, Offer, Queue, QueueConfig, QueueState};
 use crate::stats::{BrokerStats, ExchangeStats, QueueStats};
-
 use crate::sync::{fence, thread, thread_local, AtomicU64, Condvar, ConsumerArc, Mutex, RwLock};
 
 mod publisher;
