@@ -163,14 +163,8 @@ impl Receiving {
         {
             // The holder is a receiver of this consumer, one `pop` from
             // letting go, unless it was preempted: then yield to it.
-            if step < SPIN_LIMIT {
-                for _ in 0..(1u32 << step) {
-                    spin_loop();
-                }
-                step += 1;
-            } else {
-                thread::yield_now();
-            }
+            back_off(step);
+            step = step.saturating_add(1);
         }
         ReceiveGuard { lock: self }
     }
@@ -598,6 +592,17 @@ impl fmt::Debug for Consumer {
 const SPIN_LIMIT: u32 = 7;
 const SPIN_STEPS: u32 = if cfg!(loom) { 0 } else { 12 };
 
+/// One step of that backoff: `2^step` spins, or past [`SPIN_LIMIT`] a yield.
+fn back_off(step: u32) {
+    if step < SPIN_LIMIT {
+        for _ in 0..(1u32 << step) {
+            spin_loop();
+        }
+    } else {
+        thread::yield_now();
+    }
+}
+
 enum Poll1 {
     Ready(Delivery),
     Cancelled,
@@ -669,13 +674,7 @@ impl Consumer {
                     Poll1::Empty => {}
                 }
             }
-            if step < SPIN_LIMIT {
-                for _ in 0..(1u32 << step) {
-                    spin_loop();
-                }
-            } else {
-                thread::yield_now();
-            }
+            back_off(step);
         }
         loop {
             match self.poll_once() {
