@@ -169,12 +169,14 @@ impl PublishError {
     }
 }
 
-/// The counters of deleted queues, so broker totals never go backwards.
+/// The counters of deleted queues and exchanges, so broker totals never go
+/// backwards.
 ///
 /// A deleted queue may still be referred to by deliveries (and consumers)
 /// that have not been answered yet; their answers still count, on the dead
 /// queue. Such a queue stays here, read live, until nothing else refers to
-/// it; then its final counters are folded in.
+/// it; then its final counters are folded in. A deleted exchange likewise,
+/// while a route cached before the deletion may still count a publish on it.
 #[derive(Debug, Default)]
 struct Gone {
     /// Folded counters of deleted queues nothing refers to any more.
@@ -182,6 +184,11 @@ struct Gone {
     acked: u64,
     /// Deleted queues still referred to from outside the broker.
     zombies: Vec<Arc<Queue>>,
+    /// Unroutable publishes folded in from deleted exchanges nothing
+    /// refers to any more.
+    unroutable: u64,
+    /// Deleted exchanges still referred to (by cached routes).
+    exchanges: Vec<Arc<Exchange>>,
 }
 
 impl Gone {
@@ -211,6 +218,23 @@ impl Gone {
             g.deleted += c.deleted + q.unacked(&st);
             self.acked += q.answers.acked.load(Ordering::Relaxed);
         }
+    }
+
+    /// Unroutable publishes counted by deleted exchanges: folded in once
+    /// nothing refers to them, read live until then.
+    fn unroutable(&mut self) -> u64 {
+        self.exchanges.retain(|x| {
+            if Arc::strong_count(x) > 1 {
+                return true;
+            }
+            // As for queues: the last other holder's drop released what it
+            // counted.
+            fence(Ordering::Acquire);
+            self.unroutable += x.published().1;
+            false
+        });
+        let live: u64 = self.exchanges.iter().map(|x| x.published().1).sum();
+        self.unroutable + live
     }
 
     /// Everything deleted queues counted, zombies read live.
@@ -1017,12 +1041,15 @@ impl Broker {
             })
             .collect();
         exchanges.sort_by(|a, b| a.name.cmp(&b.name));
-        let gone = self.inner.gone.lock().totals();
+        let (gone, gone_unroutable) = {
+            let mut gone = self.inner.gone.lock();
+            (gone.totals(), gone.unroutable())
+        };
         BrokerStats {
             dropped: gone.dropped + queues.iter().map(|q| q.dropped).sum::<u64>(),
             dead_lettered: gone.dead_lettered + queues.iter().map(|q| q.dead_lettered).sum::<u64>(),
             expired: gone.expired + queues.iter().map(|q| q.expired).sum::<u64>(),
-            unroutable: exchanges.iter().map(|x| x.unroutable).sum(),
+            unroutable: gone_unroutable + exchanges.iter().map(|x| x.unroutable).sum::<u64>(),
             ready_bytes: queues.iter().map(|q| q.ready_bytes).sum(),
             queues,
             exchanges,
@@ -1333,6 +1360,10 @@ impl BrokerInner {
             }
         }
         self.topology_changed();
+        // What it counted still counts in the broker's totals.
+        let mut gone = self.gone.lock();
+        gone.exchanges.push(x.clone());
+        gone.unroutable();
     }
 
     /// The queues now declared. Stats read them after the map's lock is

@@ -65,7 +65,8 @@ pub struct BrokerStats {
     pub dead_lettered: u64,
     /// Sum of `expired`, including deleted queues.
     pub expired: u64,
-    /// Publishes that reached no queue, over all exchanges.
+    /// Publishes that reached no queue, over all exchanges, deleted ones
+    /// included.
     pub unroutable: u64,
     /// Body bytes of all ready messages: a cheap measure of the memory the
     /// broker holds (what `warren-wire`'s memory alarm watches).

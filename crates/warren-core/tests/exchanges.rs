@@ -55,6 +55,37 @@ fn fanout_ignores_the_key_and_reaches_every_queue() {
 }
 
 #[test]
+fn unroutable_publishes_stay_counted_after_their_exchange_is_deleted() {
+    let b = Broker::new();
+    exchange(&b, "x", ExchangeKind::Direct);
+    exchange(&b, "y", ExchangeKind::Topic);
+    assert!(b.publish("x", "k", "m").unwrap().is_unroutable());
+    // A publisher keeps its route, and the route its exchange, past the
+    // deletion: what it counted is read from the deleted exchange.
+    let mut p = b.publisher("y", "k");
+    for _ in 0..2 {
+        assert!(p.publish("m").unwrap().is_unroutable());
+    }
+    assert_eq!(b.stats().unroutable, 3);
+    b.delete_exchange("x", false).unwrap();
+    b.delete_exchange("y", false).unwrap();
+    let s = b.stats();
+    assert!(s.exchanges.iter().all(|x| x.name != "x" && x.name != "y"));
+    assert_eq!(s.unroutable, 3);
+    // The exchange is gone for new publishes (404), which count nowhere.
+    let err = p.publish("m").unwrap_err();
+    assert_eq!(err.error().map(|e| e.reply_code()), Some(404));
+    drop(p);
+    assert_eq!(b.stats().unroutable, 3);
+    // A new exchange of the same name counts from zero; the total goes on.
+    exchange(&b, "x", ExchangeKind::Direct);
+    assert!(b.publish("x", "k", "m").unwrap().is_unroutable());
+    let s = b.stats();
+    let x = s.exchanges.iter().find(|x| x.name == "x").unwrap();
+    assert_eq!((x.published, x.unroutable, s.unroutable), (1, 1, 4));
+}
+
+#[test]
 fn direct_routes_by_exact_key() {
     let b = Broker::new();
     queues(&b, &["a", "b"]);
