@@ -1,6 +1,11 @@
 //! `Publisher`: a publisher bound to one exchange and routing key keeps its
 //! route, and behaves as `Broker::publish` in every other respect.
 
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use warren_core::{
@@ -211,4 +216,49 @@ fn publishers_on_many_threads_keep_exact_counts() {
     }
     assert_eq!(exchange_counts(&b, "amq.direct"), (4_004, 4_004, 0));
     assert_eq!(b.queue_stats("q").unwrap().ready, 4_004);
+}
+
+/// Counts its wake-ups.
+struct Wakes(AtomicUsize);
+
+impl Wake for Wakes {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn publish_async_waits_for_room_in_a_block_queue() {
+    let b = Broker::new();
+    let options = QueueDeclareOptions::default()
+        .with_max_length(1)
+        .with_overflow(Overflow::Block);
+    b.declare_queue("q", options).unwrap();
+    let mut p = b.publisher("", "q");
+    assert_eq!(p.publish("a").unwrap().routed, 1);
+
+    let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+    let waker = Waker::from(wakes.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(p.publish_async("b"));
+    assert!(fut.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+
+    // Taking the head makes room, and wakes the waiting publish.
+    assert_eq!(body_of(&b, "q").as_deref(), Some(&b"a"[..]));
+    assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Ok(out)) => assert_eq!(out.routed, 1),
+        other => panic!("expected the publish to complete, got {other:?}"),
+    }
+    assert_eq!(body_of(&b, "q").as_deref(), Some(&b"b"[..]));
+    assert_eq!(exchange_counts(&b, ""), (2, 2, 0));
+
+    // Errors as `publish`'s: a missing exchange is a 404, at the first poll.
+    let mut lost = b.publisher("nope", "q");
+    let mut fut = pin!(lost.publish_async("c"));
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(Err(e)) => assert_eq!(e.error().map(|e| e.reply_code()), Some(404)),
+        other => panic!("expected a 404, got {other:?}"),
+    }
 }

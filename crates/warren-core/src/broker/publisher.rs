@@ -5,7 +5,9 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
-use super::{Broker, BrokerInner, CachedRoute, CountOn, PublishError, Published, Wait};
+use super::{
+    Broker, BrokerInner, CachedRoute, CountOn, PublishAsync, PublishError, Published, Wait,
+};
 use crate::message::{Content, Message, SharedProperties, NO_PROPERTIES};
 
 /// Publishes to one exchange with one routing key, again and again: what a
@@ -108,6 +110,26 @@ impl Publisher {
     /// queue it routes to is full.
     pub fn try_publish(&mut self, body: impl Into<Bytes>) -> Result<Published, PublishError> {
         self.send(&NO_PROPERTIES, body.into(), Wait::Never)
+    }
+
+    /// Publishes a body with no properties, waiting asynchronously for room
+    /// in a full queue whose overflow is `block`: [`Broker::publish_async`]
+    /// with this publisher's exchange and routing key. It routes as that
+    /// does, with the thread's route cache rather than this publisher's
+    /// route.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Broker::publish_async`]: not cancel safe while it waits for
+    /// room.
+    ///
+    /// # Errors
+    ///
+    /// As [`Broker::publish`].
+    pub fn publish_async(&mut self, body: impl Into<Bytes>) -> PublishAsync {
+        let message = Message::new(body.into());
+        self.broker
+            .publish_async(&self.exchange, &self.routing_key, message)
     }
 
     /// The exchange it publishes to.
