@@ -125,9 +125,26 @@ fn setup(prefetch: u32) -> (Broker, warren::Consumer) {
     (broker, consumer)
 }
 
+/// How warren's publishing thread publishes.
+#[derive(Clone, Copy)]
+enum Via {
+    /// `broker.publish("amq.direct", "hop", …)`: the thread's route cache
+    /// finds the route by the names on every publish.
+    Broker,
+    /// A `Publisher` for `amq.direct` and `hop`, which keeps its route: what
+    /// a producer that always sends to one place holds, as a crossbeam
+    /// `Sender` is bound to its channel.
+    Publisher,
+}
+
 /// warren: publish through `amq.direct` on this thread, receive and ack on
 /// another.
-fn warren_hop(broker: &Broker, consumer: warren::Consumer, n: u64) -> (Duration, warren::Consumer) {
+fn warren_hop(
+    broker: &Broker,
+    consumer: warren::Consumer,
+    n: u64,
+    via: Via,
+) -> (Duration, warren::Consumer) {
     let handle = consumer_thread(move || {
         for _ in 0..n {
             let d = consumer.recv().expect("consumer alive");
@@ -136,10 +153,22 @@ fn warren_hop(broker: &Broker, consumer: warren::Consumer, n: u64) -> (Duration,
         (Instant::now(), consumer)
     });
     let start = Instant::now();
-    for _ in 0..n {
-        broker
-            .publish("amq.direct", "hop", Bytes::from_static(BODY))
-            .expect("publish");
+    match via {
+        Via::Broker => {
+            for _ in 0..n {
+                broker
+                    .publish("amq.direct", "hop", Bytes::from_static(BODY))
+                    .expect("publish");
+            }
+        }
+        Via::Publisher => {
+            let mut publisher = broker.publisher("amq.direct", "hop");
+            for _ in 0..n {
+                publisher
+                    .publish(Bytes::from_static(BODY))
+                    .expect("publish");
+            }
+        }
     }
     let (end, consumer) = handle.join().expect("consumer thread");
     (end - start, consumer)
@@ -155,17 +184,23 @@ fn bench(c: &mut Criterion) {
     });
     let (broker, consumer) = setup(1000);
     let mut slot = Some(consumer);
-    g.bench_function("warren_direct_publish_deliver_ack", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let (t, c) = warren_hop(&broker, slot.take().expect("consumer"), BATCH);
-                slot = Some(c);
-                total += t;
-            }
-            total
-        })
-    });
+    for (name, via) in [
+        ("warren_direct_publish_deliver_ack", Via::Broker),
+        ("warren_publisher_deliver_ack", Via::Publisher),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let c = slot.take().expect("consumer");
+                    let (t, c) = warren_hop(&broker, c, BATCH, via);
+                    slot = Some(c);
+                    total += t;
+                }
+                total
+            })
+        });
+    }
     g.finish();
 }
 
@@ -177,14 +212,23 @@ fn main() {
     let rounds = if common::quick() { 1 } else { 15 };
     let (broker, consumer) = setup(1000);
     let mut slot = Some(consumer);
-    let (raw, ours) = common::interleaved(
-        rounds,
-        || crossbeam_hop(BATCH),
-        || {
-            let (t, c) = warren_hop(&broker, slot.take().expect("consumer"), BATCH);
-            slot = Some(c);
-            t
-        },
+    let mut hop = |via| {
+        let (t, c) = warren_hop(&broker, slot.take().expect("consumer"), BATCH, via);
+        slot = Some(c);
+        t
+    };
+    // The three interleaved, so that each round of each meets the same
+    // phases of the machine.
+    let (mut raw, mut ours, mut bound) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        raw.push(crossbeam_hop(BATCH));
+        ours.push(hop(Via::Broker));
+        bound.push(hop(Via::Publisher));
+    }
+    let (raw, ours, bound) = (
+        common::median(&mut raw),
+        common::median(&mut ours),
+        common::median(&mut bound),
     );
     let mut trips: Vec<Duration> = (0..rounds.min(5))
         .map(|_| line_round_trip(if common::quick() { 1_000 } else { 100_000 }))
@@ -193,17 +237,20 @@ fn main() {
     let rate = |d: Duration| BATCH as f64 / d.as_secs_f64();
     let per_trip = |d: Duration| d.as_secs_f64() / BATCH as f64 / trip.as_secs_f64();
     println!(
-        "queue_hop: crossbeam {:.2} M msg/s, warren {:.2} M msg/s (medians of {rounds} interleaved rounds of {BATCH}, {}); warren/crossbeam = {:.0} %",
+        "queue_hop: crossbeam {:.2} M msg/s; warren through broker.publish {:.2} M msg/s, through a Publisher {:.2} (medians of {rounds} interleaved rounds of {BATCH}, {}); warren/crossbeam = {:.0} % and {:.0} %",
         rate(raw) / 1e6,
         rate(ours) / 1e6,
+        rate(bound) / 1e6,
         common::placement(),
-        100.0 * rate(ours) / rate(raw)
+        100.0 * rate(ours) / rate(raw),
+        100.0 * rate(bound) / rate(raw)
     );
     println!(
-        "queue_hop: a cache line's round trip between the two CPUs {:.0} ns; per message, crossbeam {:.2} round trips, warren {:.2}",
+        "queue_hop: a cache line's round trip between the two CPUs {:.0} ns; per message, crossbeam {:.2} round trips, warren {:.2} and {:.2}",
         trip.as_secs_f64() * 1e9,
         per_trip(raw),
-        per_trip(ours)
+        per_trip(ours),
+        per_trip(bound)
     );
     criterion::Criterion::default()
         .configure_from_args()

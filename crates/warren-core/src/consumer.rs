@@ -22,7 +22,9 @@
 
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
+use std::ptr::NonNull;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -41,9 +43,8 @@ use crate::wait::WaitList;
 
 /// The part of a consumer the queue holds.
 ///
-/// Laid out for two threads: the fields at the top (and the `Arc`'s counts,
-/// which every `Delivery` clone touches) and `returns` are the consumer
-/// side's; the publisher side touches `credit`, the ring's slots and, only
+/// Laid out for two threads: the fields at the top and `returns` are the
+/// consumer side's; the publisher side touches `credit`, the ring's slots and, only
 /// when someone waits, `wake`, each on its own cache line, so the two cores
 /// do not steal lines from each other per message.
 #[derive(Debug)]
@@ -59,6 +60,9 @@ pub(crate) struct ConsumerShared {
     /// anyway) or to this consumer's receiver when it runs dry. Written by
     /// answering and dispatching threads, read by the receiver.
     owed: AtomicBool,
+    /// Deliveries dropped, and [`CLOSED`] once the `Consumer` is (see
+    /// [`Held`]).
+    finished: AtomicU64,
     /// Serialises receivers (the ring has one consumer at a time) and
     /// numbers deliveries.
     recv: Receiving,
@@ -175,6 +179,14 @@ struct ReceiveGuard<'a> {
     lock: &'a Receiving,
 }
 
+impl Receiving {
+    /// Deliveries numbered so far. Exact once no receiver can run (the
+    /// `Consumer` is being dropped).
+    fn numbered(&self) -> u64 {
+        self.tags.load(Ordering::Relaxed)
+    }
+}
+
 impl ReceiveGuard<'_> {
     /// The tag of the next delivery (tags count from 1).
     fn next_tag(&self) -> u64 {
@@ -220,6 +232,7 @@ impl ConsumerShared {
             no_ack,
             queue,
             owed: AtomicBool::new(false),
+            finished: AtomicU64::new(0),
             recv: Receiving::default(),
             credit: Credit {
                 prefetch,
@@ -571,7 +584,9 @@ pub enum RecvTimeoutError {
 ///
 /// Created by [`Broker::consume`](crate::Broker::consume).
 pub struct Consumer {
-    shared: ConsumerArc<ConsumerShared>,
+    /// Dropped with the `Consumer`, or handed over to its deliveries (see
+    /// [`Held`]).
+    shared: ManuallyDrop<ConsumerArc<ConsumerShared>>,
     queue: Arc<Queue>,
     #[cfg_attr(not(feature = "stream"), allow(dead_code))]
     stream_key: u64,
@@ -612,7 +627,7 @@ enum Poll1 {
 impl Consumer {
     pub(crate) fn new(shared: ConsumerArc<ConsumerShared>, queue: Arc<Queue>) -> Self {
         Consumer {
-            shared,
+            shared: ManuallyDrop::new(shared),
             queue,
             stream_key: 0,
         }
@@ -805,29 +820,42 @@ impl Consumer {
         Delivery {
             entry,
             tag_flags: tag | pending,
-            origin: Origin::Consumer(self.shared.clone()),
+            origin: Origin::Consumer(Held::new(&self.shared)),
             message_count: NO_COUNT,
         }
     }
 }
 
+#[allow(unsafe_code)] // see `Held`
 impl Drop for Consumer {
     fn drop(&mut self) {
         self.cancel();
         let left = self.shared.drain();
-        if left.is_empty() {
-            return;
+        if !left.is_empty() {
+            let n = left.len() as u64;
+            let q = &self.queue;
+            let now = q.now();
+            let mut after = AfterUnlock::default();
+            {
+                let mut st = q.lock();
+                q.answers.release(n);
+                q.restore(&mut st, left, now, &mut after);
+            }
+            q.finish(after);
         }
-        let n = left.len() as u64;
-        let q = &self.queue;
-        let now = q.now();
-        let mut after = AfterUnlock::default();
-        {
-            let mut st = q.lock();
-            q.answers.release(n);
-            q.restore(&mut st, left, now, &mut after);
+        // No receiver runs any more: every delivery there will be is
+        // numbered. Close the count (see `Held`); if some are still out,
+        // the last of them to go drops this reference.
+        let made = self.shared.recv.numbered();
+        let before = self
+            .shared
+            .finished
+            .fetch_add(CLOSED.wrapping_sub(made), Ordering::AcqRel);
+        // SAFETY: `shared` is not used after this.
+        let shared = unsafe { ManuallyDrop::take(&mut self.shared) };
+        if before != made {
+            let _ = ConsumerArc::into_raw(shared);
         }
-        q.finish(after);
     }
 }
 
@@ -903,11 +931,73 @@ const PENDING: u64 = 1 << 63;
 const NO_COUNT: u64 = u64::MAX;
 
 /// Where a delivery came from. A consumer's deliveries reach their queue
-/// through the consumer, so creating and dropping one touches only
-/// consumer-side reference counts.
+/// through the consumer.
 enum Origin {
-    Consumer(ConsumerArc<ConsumerShared>),
+    Consumer(Held),
     Get(Arc<Queue>),
+}
+
+/// A consumer's delivery's reference to the consumer: not a counted one.
+///
+/// Counting one per delivery took a locked instruction to clone and
+/// another to drop, two of the handful a two-thread hop's receiving side
+/// spent per message. Instead a dropped delivery adds one to
+/// `ConsumerShared::finished` (one locked instruction), and the consumer's
+/// own reference keeps it alive:
+/// - while the `Consumer` lives, its reference does;
+/// - when it is dropped, no receiver can run, so the deliveries made are
+///   all numbered (`made`, the count of tags). It adds [`CLOSED`] − `made`
+///   to `finished`: from then on `finished` is `CLOSED` − the deliveries
+///   still out. If none are, it drops its reference as usual; otherwise it
+///   leaves it to them.
+/// - The delivery whose drop brings `finished` to exactly `CLOSED` is the
+///   last one, after the close: it drops the reference. Before the close
+///   `finished` counts drops only, and stays far below `CLOSED`.
+///
+/// Every use a delivery makes of the consumer comes before its add
+/// (release), and whoever drops the reference has acquired all of those
+/// adds (the read-modify-writes on `finished` form one release sequence),
+/// as with `Arc`'s own count.
+struct Held(NonNull<ConsumerShared>);
+
+/// Added to `ConsumerShared::finished` when the `Consumer` is dropped (see
+/// [`Held`]).
+const CLOSED: u64 = 1 << 63;
+
+// SAFETY: a `Held` is a shared reference to a `ConsumerShared` (which is
+// `Send + Sync`) that stays valid as long as the `Held` exists (see above).
+#[allow(unsafe_code)] // see `Held`
+unsafe impl Send for Held {}
+#[allow(unsafe_code)] // see `Held`
+unsafe impl Sync for Held {}
+
+#[allow(unsafe_code)] // see `Held`
+impl Held {
+    fn new(shared: &ConsumerArc<ConsumerShared>) -> Held {
+        // A shared `Arc`'s pointer is never null.
+        Held(NonNull::from(&**shared))
+    }
+
+    fn get(&self) -> &ConsumerShared {
+        // SAFETY: valid until this `Held` is dropped (see above).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+#[allow(unsafe_code)] // see `Held`
+impl Drop for Held {
+    fn drop(&mut self) {
+        let before = self.get().finished.fetch_add(1, Ordering::Release);
+        if before.wrapping_add(1) == CLOSED {
+            // The last delivery out, after the `Consumer` was dropped: the
+            // reference it left is this one's to drop.
+            fence(Ordering::Acquire);
+            // SAFETY: the `Consumer` gave up its reference with
+            // `into_raw`, for exactly this; nothing else reads through
+            // this pointer any more.
+            drop(unsafe { ConsumerArc::from_raw(self.0.as_ptr()) });
+        }
+    }
 }
 
 impl fmt::Debug for Delivery {
@@ -990,7 +1080,7 @@ impl Delivery {
 
     fn q(&self) -> &Arc<Queue> {
         match &self.origin {
-            Origin::Consumer(c) => &c.queue,
+            Origin::Consumer(c) => &c.get().queue,
             Origin::Get(q) => q,
         }
     }
@@ -998,7 +1088,7 @@ impl Delivery {
     /// The consumer tag, for consumer deliveries.
     pub fn consumer_tag(&self) -> Option<&str> {
         match &self.origin {
-            Origin::Consumer(c) => Some(&c.tag),
+            Origin::Consumer(c) => Some(&c.get().tag),
             Origin::Get(_) => None,
         }
     }
@@ -1042,7 +1132,9 @@ impl Delivery {
         // Only an ack needs to see to the dispatch its credit makes possible:
         // a requeue or a discard runs one anyway, after the copy is back.
         let owes = match &self.origin {
-            Origin::Consumer(c) if c.return_credit(!matches!(answer, Answer::Ack)) => Some(c),
+            Origin::Consumer(c) if c.get().return_credit(!matches!(answer, Answer::Ack)) => {
+                Some(c.get())
+            }
             _ => None,
         };
         // A requeue or a discard moves the content out (see below).

@@ -334,6 +334,57 @@ fn a_delivery_outliving_its_consumer_can_be_answered() {
 }
 
 #[test]
+fn deliveries_outliving_their_consumer_are_answered_on_other_threads() {
+    // A delivery does not hold a counted reference to its consumer: the
+    // consumer's state lives until the last of its deliveries is gone,
+    // whichever thread drops it, and whether the consumer went first.
+    let b = Broker::new();
+    queue(&b, "q");
+    let names: Vec<String> = (0..200).map(|i| i.to_string()).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    publish(&b, "q", &names);
+    // Acked, except every fourth, dropped unanswered (requeued); then the
+    // 50 requeued ones again, no-ack.
+    for (no_ack, n, ready, acked) in [(false, 200, 50, 150), (true, 50, 0, 200)] {
+        let c = b
+            .consume(
+                "q",
+                ConsumeOptions {
+                    no_ack,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let ds = recv_n(&c, n);
+        let tag = c.consumer_tag().to_owned();
+        drop(c);
+        let (odd, even): (Vec<_>, Vec<_>) = ds.into_iter().partition(|d| d.delivery_tag() % 2 == 1);
+        let threads = [odd, even].map(|half| {
+            let tag = tag.clone();
+            std::thread::spawn(move || {
+                for d in half {
+                    assert_eq!((d.queue(), d.consumer_tag()), ("q", Some(&*tag)));
+                    if d.delivery_tag() % 4 == 0 {
+                        drop(d);
+                    } else {
+                        d.ack();
+                    }
+                }
+            })
+        });
+        for t in threads {
+            t.join().unwrap();
+        }
+        let s = b.queue_stats("q").unwrap();
+        assert_eq!(
+            (s.ready, s.unacked, s.acked, s.consumers),
+            (ready, 0, acked, 0)
+        );
+        assert_conserved(&b);
+    }
+}
+
+#[test]
 fn cancel_lets_the_inbox_drain_then_reports_cancelled() {
     let b = Broker::new();
     queue(&b, "q");
