@@ -385,6 +385,39 @@ fn deliveries_outliving_their_consumer_are_answered_on_other_threads() {
 }
 
 #[test]
+fn acks_of_a_departed_consumers_deliveries_count_at_once() {
+    // A consumer counts its acks itself; the queue's stats read them while
+    // it is cancelled, dropped, or cut off by the queue's deletion, and
+    // keep them once it is gone.
+    let b = Broker::new();
+    queue(&b, "q");
+    publish(&b, "q", &["a", "b", "c", "d"]);
+    let c = consume(&b, "q", 0);
+    let mut ds = recv_n(&c, 4);
+    c.cancel();
+    ds.pop().unwrap().ack();
+    assert_eq!(stats(&b, "q"), (0, 3, 1));
+    drop(c);
+    ds.pop().unwrap().ack();
+    assert_eq!(stats(&b, "q"), (0, 2, 2));
+    ds.pop().unwrap().nack(true);
+    assert_eq!(stats(&b, "q"), (1, 1, 2));
+    ds.pop().unwrap().ack();
+    assert_eq!(stats(&b, "q"), (1, 0, 3));
+    assert_conserved(&b);
+
+    let c = consume(&b, "q", 0);
+    let d = c.recv_timeout(WAIT).unwrap();
+    b.delete_queue("q", QueueDeleteOptions::default()).unwrap();
+    assert_eq!(b.totals().acked, 3);
+    d.ack();
+    drop(c);
+    let t = b.totals();
+    assert_eq!((t.acked, t.unacked, t.ready), (4, 0, 0));
+    assert_conserved(&b);
+}
+
+#[test]
 fn cancel_lets_the_inbox_drain_then_reports_cancelled() {
     let b = Broker::new();
     queue(&b, "q");
