@@ -386,9 +386,9 @@ fn deliveries_outliving_their_consumer_are_answered_on_other_threads() {
 
 #[test]
 fn acks_of_a_departed_consumers_deliveries_count_at_once() {
-    // A consumer counts its acks itself; the queue's stats read them while
-    // it is cancelled, dropped, or cut off by the queue's deletion, and
-    // keep them once it is gone.
+    // Acks on a consumer's deliveries count in the queue's stats at once,
+    // whether the consumer is cancelled, dropped, or cut off by the queue's
+    // deletion, and stay counted once it is gone.
     let b = Broker::new();
     queue(&b, "q");
     publish(&b, "q", &["a", "b", "c", "d"]);
