@@ -60,7 +60,9 @@ use crate::options::{
 };
 use crate::queue::{AfterUnlock, Counters, DeadLetter, Offer, Queue, QueueConfig, QueueState};
 use crate::stats::{BrokerStats, ExchangeStats, QueueStats};
-use crate::sync::{fence, thread, thread_local, AtomicU64, Condvar, ConsumerArc, Mutex, RwLock};
+use crate::sync::{
+    fold_released, thread, thread_local, AtomicU64, Condvar, ConsumerArc, Mutex, RwLock,
+};
 
 mod publisher;
 pub use publisher::Publisher;
@@ -194,16 +196,7 @@ struct Gone {
 impl Gone {
     /// Folds in every deleted queue nothing else refers to any more.
     fn reap(&mut self) {
-        let mut i = 0;
-        while i < self.zombies.len() {
-            if Arc::strong_count(&self.zombies[i]) > 1 {
-                i += 1;
-                continue;
-            }
-            // Pairs with the release of the last other reference's drop: what
-            // its last answer counted is visible below.
-            fence(Ordering::Acquire);
-            let q = self.zombies.swap_remove(i);
+        fold_released(&mut self.zombies, |q| {
             let st = q.lock();
             let (c, g) = (&st.counters, &mut self.counters);
             g.enqueued += c.enqueued;
@@ -217,22 +210,13 @@ impl Gone {
             // forgotten `Delivery`): they went with the queue.
             g.deleted += c.deleted + q.unacked(&st);
             self.acked += q.answers.acked.load(Ordering::Relaxed);
-        }
+        });
     }
 
     /// Unroutable publishes counted by deleted exchanges: folded in once
     /// nothing refers to them, read live until then.
     fn unroutable(&mut self) -> u64 {
-        self.exchanges.retain(|x| {
-            if Arc::strong_count(x) > 1 {
-                return true;
-            }
-            // As for queues: the last other holder's drop released what it
-            // counted.
-            fence(Ordering::Acquire);
-            self.unroutable += x.published().1;
-            false
-        });
+        fold_released(&mut self.exchanges, |x| self.unroutable += x.published().1);
         let live: u64 = self.exchanges.iter().map(|x| x.published().1).sum();
         self.unroutable + live
     }

@@ -44,9 +44,9 @@ use crate::wait::WaitList;
 /// The part of a consumer the queue holds.
 ///
 /// Laid out for two threads: the fields at the top and `returns` are the
-/// consumer side's; the publisher side touches `credit`, the ring's slots and, only
-/// when someone waits, `wake`, each on its own cache line, so the two cores
-/// do not steal lines from each other per message.
+/// consumer side's; the publisher side touches `credit`, the ring's slots
+/// and, only when someone waits, `wake`, each on its own cache line, so the
+/// two cores do not steal lines from each other per message.
 #[derive(Debug)]
 pub(crate) struct ConsumerShared {
     pub(crate) id: u64,
@@ -172,19 +172,17 @@ impl Receiving {
         }
         ReceiveGuard { lock: self }
     }
-}
 
-/// A held [`Receiving`] lock.
-struct ReceiveGuard<'a> {
-    lock: &'a Receiving,
-}
-
-impl Receiving {
     /// Deliveries numbered so far. Exact once no receiver can run (the
     /// `Consumer` is being dropped).
     fn numbered(&self) -> u64 {
         self.tags.load(Ordering::Relaxed)
     }
+}
+
+/// A held [`Receiving`] lock.
+struct ReceiveGuard<'a> {
+    lock: &'a Receiving,
 }
 
 impl ReceiveGuard<'_> {

@@ -14,7 +14,7 @@ use crate::field::FieldTable;
 use crate::headers::{HeadersBinding, HeadersIndex};
 use crate::options::ExchangeKind;
 use crate::queue::Queue;
-use crate::sync::{fence, AtomicU64, Mutex, RwLock};
+use crate::sync::{fold_released, AtomicU64, Mutex, RwLock};
 use crate::topic::TopicTrie;
 
 /// Where a binding leads.
@@ -354,15 +354,10 @@ impl Exchange {
     /// appear (the list's lock is held), so its last writer is done: its
     /// drop of the route released the counts, and the fence acquires them.
     fn fold_released(&self, cells: &mut Vec<Arc<PublishCounts>>) {
-        cells.retain(|c| {
-            if Arc::strong_count(c) > 1 {
-                return true;
-            }
-            fence(Ordering::Acquire);
+        fold_released(cells, |c| {
             let (r, u) = c.get();
             self.counts.routed.fetch_add(r, Ordering::Relaxed);
             self.counts.unroutable.fetch_add(u, Ordering::Relaxed);
-            false
         });
     }
 }

@@ -87,6 +87,23 @@ pub(crate) fn seqcst_handover() {
     fence(std::sync::atomic::Ordering::SeqCst);
 }
 
+/// Takes out of `list` each object nothing else refers to any more, after
+/// handing it to `fold`: a deleted queue or exchange, or a route's counter
+/// cell, whose counts are final once its last other holder let go. Only
+/// the list holds such an object, so no new holder can appear.
+pub(crate) fn fold_released<T>(list: &mut Vec<std::sync::Arc<T>>, mut fold: impl FnMut(&T)) {
+    list.retain(|x| {
+        if std::sync::Arc::strong_count(x) > 1 {
+            return true;
+        }
+        // Pairs with the release of the last other holder's drop: what it
+        // counted is visible to `fold`.
+        fence(std::sync::atomic::Ordering::Acquire);
+        fold(x);
+        false
+    });
+}
+
 /// Threads: parking and waking.
 pub(crate) mod thread {
     #[cfg(not(loom))]
