@@ -155,6 +155,10 @@ struct Receiving {
     held: AtomicBool,
     /// Deliveries numbered so far; read and written only under the lock.
     tags: AtomicU64,
+    /// Whether the last receive found its copy waiting, without waiting: a
+    /// hint for how soon a receiver that finds the ring empty looks again
+    /// (see `Consumer::recv_deadline`). Nothing else depends on it.
+    streaming: AtomicBool,
 }
 
 impl Receiving {
@@ -186,6 +190,15 @@ struct ReceiveGuard<'a> {
 }
 
 impl ReceiveGuard<'_> {
+    /// Notes that this receive found its copy waiting (see
+    /// `Receiving::streaming`); a store only when that changes.
+    fn streaming(&self) {
+        let s = &self.lock.streaming;
+        if !s.load(Ordering::Relaxed) {
+            s.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// The tag of the next delivery (tags count from 1).
     fn next_tag(&self) -> u64 {
         let tags = &self.lock.tags;
@@ -605,6 +618,22 @@ impl fmt::Debug for Consumer {
 const SPIN_LIMIT: u32 = 7;
 const SPIN_STEPS: u32 = if cfg!(loom) { 0 } else { 12 };
 
+/// Where that backoff starts for a receiver that has just caught up with a
+/// stream: after its first look, it waits 32 spins (about 0.4 µs on the
+/// machines warren is measured on), then 64, rather than 1, 2, 4 …
+///
+/// Why: a receiver faster than its publisher catches up with it on every
+/// message, and each look at the empty ring reads the slot the publisher is
+/// about to write, taking the slot's line away from the publisher's core;
+/// the publisher's next locked instruction then waits for the line to come
+/// back. Looking less often lets a few copies gather, taken one after
+/// another with no line pulled mid-write. In the two-thread queue hop
+/// through `Broker::publish` (alternated in one process), once the receive
+/// fast path had made the receiving side faster: 7.9-8.1 M msg/s looking
+/// as often as before, 12.7-12.8 with this. A receiver that waits for one
+/// reply at a time is not streaming, and still looks again at once.
+const CAUGHT_UP_FIRST_STEP: u32 = if cfg!(loom) { 0 } else { 5 };
+
 /// One step of that backoff: `2^step` spins, or past [`SPIN_LIMIT`] a yield.
 fn back_off(step: u32) {
     if step < SPIN_LIMIT {
@@ -648,6 +677,14 @@ impl Consumer {
     /// [`TryRecvError::Empty`] if nothing is waiting,
     /// [`TryRecvError::Cancelled`] if the consumer is cancelled and drained.
     pub fn try_recv(&self) -> Result<Delivery, TryRecvError> {
+        if let Some(d) = self.take_waiting() {
+            return Ok(d);
+        }
+        self.try_recv_slow()
+    }
+
+    #[inline(never)]
+    fn try_recv_slow(&self) -> Result<Delivery, TryRecvError> {
         match self.poll_once() {
             Poll1::Ready(d) => Ok(d),
             Poll1::Cancelled => Err(TryRecvError::Cancelled),
@@ -661,6 +698,9 @@ impl Consumer {
     ///
     /// [`RecvError`] once the consumer is cancelled and drained.
     pub fn recv(&self) -> Result<Delivery, RecvError> {
+        if let Some(d) = self.take_waiting() {
+            return Ok(d);
+        }
         self.recv_deadline(None).map_err(|_| RecvError)
     }
 
@@ -671,6 +711,9 @@ impl Consumer {
     /// [`RecvTimeoutError::Timeout`] when the time runs out,
     /// [`RecvTimeoutError::Cancelled`] once the consumer is cancelled and drained.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Delivery, RecvTimeoutError> {
+        if let Some(d) = self.take_waiting() {
+            return Ok(d);
+        }
         self.recv_deadline(Some(Instant::now() + timeout))
     }
 
@@ -679,7 +722,18 @@ impl Consumer {
         // Spin, then yield, before parking (as crossbeam's `Backoff` does): a
         // publisher on another core usually delivers within a few hundred
         // nanoseconds, far less than a park/unpark round trip costs.
-        for step in 0..SPIN_STEPS {
+        // A receiver whose last copy was waiting for it is keeping up with
+        // a stream, and has just caught up: it looks less often (see
+        // `CAUGHT_UP_FIRST_STEP`). One whose last receive waited too (a
+        // request and its reply, one at a time) looks again at once.
+        let streaming = &self.shared.recv.streaming;
+        let first = if streaming.load(Ordering::Relaxed) {
+            streaming.store(false, Ordering::Relaxed);
+            CAUGHT_UP_FIRST_STEP
+        } else {
+            0
+        };
+        for step in first..SPIN_STEPS {
             if !self.shared.ring.is_empty() {
                 match self.poll_once() {
                     Poll1::Ready(d) => return Ok(d),
@@ -773,6 +827,28 @@ impl Consumer {
         Some((e, recv.next_tag()))
     }
 
+    /// The receive methods' fast path: the copy at the head of the ring, if
+    /// there is one, delivered straight into the caller's `Result`. Anything
+    /// else (an empty ring, a dispatch owed, a cancellation, another
+    /// receiver taking the copy first) is left to the general path.
+    ///
+    /// Inlined, so that the delivery is built where the caller returns it:
+    /// through `poll_once`'s enum and a second `Result` it was copied twice
+    /// more. A receive and ack took about 360 instructions, and takes 293
+    /// with this (callgrind, one thread).
+    #[inline(always)]
+    fn take_waiting(&self) -> Option<Delivery> {
+        if self.shared.ring.is_empty() {
+            return None;
+        }
+        let recv = self.shared.recv.lock();
+        let e = self.shared.ring.pop()?;
+        let tag = recv.next_tag();
+        recv.streaming();
+        drop(recv);
+        Some(self.deliver(e, tag))
+    }
+
     /// One look at the ring.
     fn poll_once(&self) -> Poll1 {
         if let Some((e, tag)) = self.take() {
@@ -808,6 +884,7 @@ impl Consumer {
         }
     }
 
+    #[inline(always)]
     fn deliver(&self, entry: Entry, tag: u64) -> Delivery {
         let pending = if self.shared.no_ack { 0 } else { PENDING };
         if self.shared.no_ack {

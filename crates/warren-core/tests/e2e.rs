@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use warren_core::{
     AMQPValue, BasicProperties, Broker, ConsumeOptions, ExchangeKind, FieldTable, GetOptions,
-    QueueDeclareOptions, SharedProperties, TryRecvError,
+    QueueDeclareOptions, RecvTimeoutError, SharedProperties, TryRecvError,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -27,6 +27,64 @@ fn direct_publish_consume_ack() {
     d.ack();
     let s = b.queue_stats("q").unwrap();
     assert_eq!((s.ready, s.unacked, s.acked), (0, 0, 1));
+}
+
+/// A receiver whose copies were waiting for it, and which then finds the
+/// ring empty, looks again less often (it has caught up with a stream): it
+/// still gets what comes next, in order, from another thread, and still
+/// times out when nothing comes.
+#[test]
+fn a_receiver_that_caught_up_with_a_stream_gets_what_comes_next() {
+    let b = Broker::new();
+    b.declare_queue("q", QueueDeclareOptions::default())
+        .unwrap();
+    let c = b
+        .consume(
+            "q",
+            ConsumeOptions {
+                prefetch: 64,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for i in 0..20u32 {
+        b.publish("", "q", i.to_be_bytes().to_vec()).unwrap();
+    }
+    let mut next = 0u32;
+    let take = |d: warren_core::Delivery, next: &mut u32| {
+        assert_eq!(&d.body()[..], &next.to_be_bytes()[..]);
+        *next += 1;
+        d.ack();
+    };
+    // Copies waiting: each receive finds one at once.
+    for _ in 0..10 {
+        take(c.recv().unwrap(), &mut next);
+    }
+    for _ in 0..10 {
+        take(c.try_recv().unwrap(), &mut next);
+    }
+    // Caught up: a receive with nothing coming times out.
+    assert!(matches!(
+        c.recv_timeout(Duration::from_millis(20)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    // Caught up, then fed from another thread: the receiver meets the
+    // publisher, falls behind and catches up again many times.
+    let publisher = {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            for i in 20..2000u32 {
+                b.publish("", "q", i.to_be_bytes().to_vec()).unwrap();
+            }
+        })
+    };
+    while next < 2000 {
+        take(c.recv_timeout(WAIT).unwrap(), &mut next);
+    }
+    publisher.join().unwrap();
+    assert!(matches!(c.try_recv(), Err(TryRecvError::Empty)));
+    let s = b.queue_stats("q").unwrap();
+    assert_eq!((s.ready, s.unacked, s.acked), (0, 0, 2000));
 }
 
 #[test]
