@@ -177,6 +177,14 @@ impl Receiving {
         ReceiveGuard { lock: self }
     }
 
+    /// Notes that a receive found its copy waiting (see `streaming`); a
+    /// store only when that changes.
+    fn found_waiting(&self) {
+        if !self.streaming.load(Ordering::Relaxed) {
+            self.streaming.store(true, Ordering::Relaxed);
+        }
+    }
+
     /// Deliveries numbered so far. Exact once no receiver can run (the
     /// `Consumer` is being dropped).
     fn numbered(&self) -> u64 {
@@ -190,15 +198,6 @@ struct ReceiveGuard<'a> {
 }
 
 impl ReceiveGuard<'_> {
-    /// Notes that this receive found its copy waiting (see
-    /// `Receiving::streaming`); a store only when that changes.
-    fn streaming(&self) {
-        let s = &self.lock.streaming;
-        if !s.load(Ordering::Relaxed) {
-            s.store(true, Ordering::Relaxed);
-        }
-    }
-
     /// The tag of the next delivery (tags count from 1).
     fn next_tag(&self) -> u64 {
         let tags = &self.lock.tags;
@@ -822,6 +821,12 @@ impl Consumer {
         if self.shared.ring.is_empty() {
             self.shared.ran_dry();
         }
+        self.pop_numbered()
+    }
+
+    /// The copy at the head of the ring, if any, and its tag.
+    #[inline(always)]
+    fn pop_numbered(&self) -> Option<(Entry, u64)> {
         let recv = self.shared.recv.lock();
         let e = self.shared.ring.pop()?;
         Some((e, recv.next_tag()))
@@ -841,11 +846,8 @@ impl Consumer {
         if self.shared.ring.is_empty() {
             return None;
         }
-        let recv = self.shared.recv.lock();
-        let e = self.shared.ring.pop()?;
-        let tag = recv.next_tag();
-        recv.streaming();
-        drop(recv);
+        let (e, tag) = self.pop_numbered()?;
+        self.shared.recv.found_waiting();
         Some(self.deliver(e, tag))
     }
 

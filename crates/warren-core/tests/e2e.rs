@@ -9,6 +9,19 @@ use warren_core::{
 
 const WAIT: Duration = Duration::from_secs(5);
 
+/// A broker with queue `q` and a consumer of it with this prefetch window.
+fn queue_with_consumer(prefetch: u32) -> (Broker, warren_core::Consumer) {
+    let b = Broker::new();
+    b.declare_queue("q", QueueDeclareOptions::default())
+        .unwrap();
+    let options = ConsumeOptions {
+        prefetch,
+        ..Default::default()
+    };
+    let c = b.consume("q", options).unwrap();
+    (b, c)
+}
+
 #[test]
 fn direct_publish_consume_ack() {
     let b = Broker::new();
@@ -35,18 +48,7 @@ fn direct_publish_consume_ack() {
 /// times out when nothing comes.
 #[test]
 fn a_receiver_that_caught_up_with_a_stream_gets_what_comes_next() {
-    let b = Broker::new();
-    b.declare_queue("q", QueueDeclareOptions::default())
-        .unwrap();
-    let c = b
-        .consume(
-            "q",
-            ConsumeOptions {
-                prefetch: 64,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (b, c) = queue_with_consumer(64);
     for i in 0..20u32 {
         b.publish("", "q", i.to_be_bytes().to_vec()).unwrap();
     }
@@ -133,18 +135,7 @@ fn dropped_delivery_is_requeued_redelivered() {
 
 #[test]
 fn prefetch_limits_unacked() {
-    let b = Broker::new();
-    b.declare_queue("q", QueueDeclareOptions::default())
-        .unwrap();
-    let c = b
-        .consume(
-            "q",
-            ConsumeOptions {
-                prefetch: 2,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let (b, c) = queue_with_consumer(2);
     for _ in 0..5 {
         b.publish("", "q", "m").unwrap();
     }
