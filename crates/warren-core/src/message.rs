@@ -5,6 +5,7 @@
 //! one set of properties, not ten. Properties that are all unset cost one
 //! pointer-sized `None`.
 
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -409,7 +410,7 @@ impl Content {
 }
 
 /// The exchange name and routing key of a message, stored inline when they
-/// fit together in 37 bytes (most do). Copying the bytes costs less than an
+/// fit together in 36 bytes (most do). Copying the bytes costs less than an
 /// allocation, and less than a shared reference count that the publishing
 /// and the consuming thread would both write for every message. Longer ones
 /// are joined in one shared string; a thread's cached route keeps its names
@@ -417,28 +418,63 @@ impl Content {
 /// rather than building them.
 #[derive(Clone)]
 pub(crate) enum Names {
-    Inline {
-        exchange: u8,
-        total: u8,
-        bytes: [u8; NAMES_INLINE],
-    },
-    Heap {
-        joined: Arc<str>,
-        split: usize,
-    },
+    Inline(InlineNames),
+    Heap { joined: Arc<str>, split: usize },
+}
+
+/// Names that fit inline: 40 bytes aligned to 8, and `Copy`, so that a copy
+/// moves whole words.
+///
+/// `lens` holds both lengths and a bit that is always set. A field that
+/// cannot be 0 gives [`Names`] a place for its variant, so that it stays 40
+/// bytes; four bytes of it at the front leave the bytes after it in whole
+/// words. A message's content is moved several times on its way from the
+/// publishing call to its ring slot, and from there into the receiver's
+/// `Delivery`, each move reading what the one before had just stored. With
+/// a one-byte variant tag and two one-byte lengths in front of 37 bytes, a
+/// copy moved them in odd, overlapping pieces, which the processor cannot
+/// read back from its store buffer: each such read waited for the store to
+/// reach the cache. Laid out this way, a publish through `Broker::publish`
+/// and a receive with its ack each took some 10 ns less (one thread,
+/// alternated in one process).
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+pub(crate) struct InlineNames {
+    lens: NonZeroU32,
+    bytes: [u8; NAMES_INLINE],
+}
+
+const NAMES_INLINE: usize = 36;
+
+const _: () = assert!(std::mem::size_of::<Names>() == 40);
+
+/// In [`InlineNames::lens`]: the bit always set.
+const LENS_SET: u32 = 1 << 16;
+
+impl InlineNames {
+    /// `lens` for an exchange name of `exchange` bytes and a routing key of
+    /// `total - exchange`.
+    fn lens(exchange: u8, total: u8) -> NonZeroU32 {
+        // Never 0: `LENS_SET` is set.
+        NonZeroU32::new(LENS_SET | u32::from(total) << 8 | u32::from(exchange))
+            .unwrap_or(NonZeroU32::MIN)
+    }
+
+    /// The exchange name's length, and both names' length.
+    fn split(&self) -> (usize, usize) {
+        let l = self.lens.get();
+        ((l & 0xff) as usize, (l >> 8 & 0xff) as usize)
+    }
 }
 
 impl Default for Names {
     fn default() -> Names {
-        Names::Inline {
-            exchange: 0,
-            total: 0,
+        Names::Inline(InlineNames {
+            lens: InlineNames::lens(0, 0),
             bytes: [0; NAMES_INLINE],
-        }
+        })
     }
 }
-
-const NAMES_INLINE: usize = 37;
 
 impl Names {
     #[inline]
@@ -448,11 +484,11 @@ impl Names {
             let mut bytes = [0u8; NAMES_INLINE];
             bytes[..exchange.len()].copy_from_slice(exchange.as_bytes());
             bytes[exchange.len()..total].copy_from_slice(routing_key.as_bytes());
-            Names::Inline {
-                exchange: exchange.len() as u8,
-                total: total as u8,
+            Names::Inline(InlineNames {
+                // Both fit in a byte: `total <= NAMES_INLINE`.
+                lens: InlineNames::lens(exchange.len() as u8, total as u8),
                 bytes,
-            }
+            })
         } else {
             let mut joined = String::with_capacity(total);
             joined.push_str(exchange);
@@ -466,11 +502,10 @@ impl Names {
 
     fn get(&self) -> (&str, &str) {
         let (all, split): (&[u8], usize) = match self {
-            Names::Inline {
-                exchange,
-                total,
-                bytes,
-            } => (&bytes[..usize::from(*total)], usize::from(*exchange)),
+            Names::Inline(n) => {
+                let (exchange, total) = n.split();
+                (&n.bytes[..total.min(NAMES_INLINE)], exchange)
+            }
             Names::Heap { joined, split } => (joined.as_bytes(), *split),
         };
         // Both halves were whole `&str`s when copied in, so these never fail.
@@ -489,5 +524,42 @@ impl std::fmt::Debug for Names {
             .field("exchange", &e)
             .field("routing_key", &k)
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every split of names from 0 to a few bytes past what fits inline
+    /// comes back as it went in, whichever way it is stored, and through a
+    /// clone.
+    #[test]
+    fn names_round_trip_inline_and_shared() {
+        let text = "é.amq-direct.routing.key.with.words.0123456789";
+        let chars: Vec<(usize, char)> = text.char_indices().collect();
+        for total in 0..=NAMES_INLINE + 4 {
+            // Cut at a character boundary at or before `total` bytes.
+            let end = chars
+                .iter()
+                .map(|&(i, _)| i)
+                .chain([text.len()])
+                .filter(|&i| i <= total)
+                .max()
+                .unwrap_or(0);
+            let joined = &text[..end];
+            for split in (0..=end).filter(|&i| joined.is_char_boundary(i)) {
+                let (x, k) = joined.split_at(split);
+                let names = Names::new(x, k);
+                assert_eq!(
+                    matches!(names, Names::Inline(_)),
+                    end <= NAMES_INLINE,
+                    "{x:?} {k:?}"
+                );
+                assert_eq!(names.get(), (x, k));
+                assert_eq!(names.clone().get(), (x, k));
+            }
+        }
+        assert_eq!(Names::default().get(), ("", ""));
     }
 }
