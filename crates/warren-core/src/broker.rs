@@ -424,6 +424,45 @@ struct Prepared {
     original_headers: Option<FieldTable>,
 }
 
+/// What [`BrokerInner::offer_all`] returns: the outcome packed in one word,
+/// or the message back from a full `block` queue that the publish could not
+/// wait for. Two words in all, returned in two registers.
+///
+/// Why not `Result<Published, PublishError>`: that is returned through
+/// memory, and so is a `Result` holding a `Published` (two `u32`s). Each
+/// level of the publish path stored it in one width and the next read it
+/// back in another, which the processor cannot serve from its store buffer:
+/// the read waits until the store reaches the cache, some ten cycles, on
+/// every publish. Only the public methods build the public `Result`, once.
+type Offered = Result<Packed, Full>;
+
+/// [`Published`] in one word: `routed` in the low half, `rejected` in the
+/// high one.
+#[derive(Clone, Copy)]
+struct Packed(u64);
+
+impl From<Published> for Packed {
+    fn from(p: Published) -> Packed {
+        Packed(u64::from(p.routed) | u64::from(p.rejected) << 32)
+    }
+}
+
+/// A `block` queue was full and the publish could not wait: the message,
+/// unpublished.
+struct Full(Box<Message>);
+
+/// The public form of an [`Offered`].
+#[inline]
+fn published(r: Offered) -> Result<Published, PublishError> {
+    match r {
+        Ok(Packed(p)) => Ok(Published {
+            routed: p as u32,
+            rejected: (p >> 32) as u32,
+        }),
+        Err(Full(m)) => Err(PublishError::Full(m)),
+    }
+}
+
 /// The message as the publisher gave it (`original_headers`: the headers
 /// before routing removed `BCC`), to hand back unpublished.
 fn unpublished(content: &Content, original_headers: Option<&FieldTable>) -> Message {
@@ -1668,7 +1707,7 @@ impl BrokerInner {
                 })
             });
             if let Some(r) = fast {
-                return r;
+                return published(r);
             }
         }
         let mut message = Message {
@@ -1718,7 +1757,7 @@ impl BrokerInner {
                 )
             });
             if let Some(r) = fast {
-                return r;
+                return published(r);
             }
         }
         let mut queues = std::mem::take(&mut s.queues);
@@ -1727,7 +1766,7 @@ impl BrokerInner {
             .and_then(|p| {
                 let h = p.original_headers.as_ref();
                 let count = CountOn::Exchange(&p.exchange);
-                self.offer_all(count, &queues, p.content, p.ttl, h, wait)
+                published(self.offer_all(count, &queues, p.content, p.ttl, h, wait))
             });
         queues.clear();
         s.queues = queues;
@@ -1744,7 +1783,7 @@ impl BrokerInner {
         ttl: Option<u64>,
         original_headers: Option<&FieldTable>,
         wait: Wait,
-    ) -> Result<Published, PublishError> {
+    ) -> Offered {
         let bytes = content.as_ref().map_or(0, Content::body_len) as u64;
         if wait == Wait::Never {
             for q in queues
@@ -1756,7 +1795,7 @@ impl BrokerInner {
                     let m = (content.as_ref())
                         .map(|c| unpublished(c, original_headers))
                         .unwrap_or_default();
-                    return Err(PublishError::Full(Box::new(m)));
+                    return Err(Full(Box::new(m)));
                 }
             }
         }
@@ -1794,7 +1833,7 @@ impl BrokerInner {
             }
         }
         count.record(&out);
-        Ok(out)
+        Ok(Packed::from(out))
     }
 
     fn publish_dead_letter(&self, dl: DeadLetter) {

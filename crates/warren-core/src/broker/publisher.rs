@@ -160,7 +160,8 @@ impl Publisher {
             if let Some(route) = &self.route {
                 let content = Content::shared(route.names.clone(), properties, body);
                 let count = CountOn::Cell(&route.counts);
-                return inner.offer_all(count, &route.queues, Some(content), ttl, None, wait);
+                let offered = inner.offer_all(count, &route.queues, Some(content), ttl, None, wait);
+                return super::published(offered);
             }
         }
         let mut message = Message {
