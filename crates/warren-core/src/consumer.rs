@@ -444,10 +444,12 @@ impl ConsumerShared {
         self.pay_owed();
     }
 
-    /// Hands a copy to the receiver. Call under the queue lock, after
+    /// Hands a copy to the receiver, built in the ring (see `Ring::push`).
+    /// Call under the queue lock, after
     /// [`try_take_credit`](Self::try_take_credit) said yes; then call
     /// [`wake_sleeper`](Self::wake_sleeper).
-    pub(crate) fn push(&self, e: Entry) {
+    #[inline]
+    pub(crate) fn push(&self, e: impl FnOnce() -> Entry) {
         self.ring.push(e);
     }
 

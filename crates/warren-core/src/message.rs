@@ -368,7 +368,7 @@ impl Content {
     /// message goes to (`last`), a clone for the others. The content is held
     /// in an `Option` so that taking it leaves a `None` (one store, and
     /// nothing to drop) rather than a default content to write and drop.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn copy(src: &mut Option<Content>, last: bool) -> Content {
         if last {
             src.take().unwrap_or_default()

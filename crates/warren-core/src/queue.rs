@@ -386,15 +386,17 @@ impl Queue {
         if expires_at != u64::MAX && !self.timed.load(Ordering::Relaxed) {
             self.timed.store(true, Ordering::Relaxed);
         }
-        let entry = Entry::new(Content::copy(content, last), seq, expires_at, false);
         // A consumer waiting on an empty queue gets the message before its
         // TTL is looked at: a TTL of 0 means "now or never" (RabbitMQ).
         if st.ready.is_empty() {
             if let Some(idx) = Self::take_credit(st) {
-                self.hand_to(st, idx, entry);
+                self.hand_to(st, idx, || {
+                    Entry::new(Content::copy(content, last), seq, expires_at, false)
+                });
                 return Offer::Accepted;
             }
         }
+        let entry = Entry::new(Content::copy(content, last), seq, expires_at, false);
         st.ready_bytes += bytes;
         st.ready.push_back(entry);
         self.dispatch(st, now, after);
@@ -541,7 +543,7 @@ impl Queue {
                 st.consumers[idx].return_credit_no_dispatch();
                 break;
             };
-            self.hand_to(st, idx, e);
+            self.hand_to(st, idx, || e);
             moved = true;
         }
         if moved {
@@ -573,11 +575,12 @@ impl Queue {
         None
     }
 
-    /// Hands a copy to the consumer whose credit was taken, and wakes its
+    /// Hands a copy (`e` builds it in the ring) to the consumer whose credit was taken, and wakes its
     /// receiver if one sleeps. No fence between the two: receivers register
     /// to sleep under the queue lock, which this holds (see
     /// `ConsumerShared::register`).
-    fn hand_to(&self, st: &mut QueueState, idx: usize, e: Entry) {
+    #[inline]
+    fn hand_to(&self, st: &mut QueueState, idx: usize, e: impl FnOnce() -> Entry) {
         st.counters.delivered += 1;
         let c = &st.consumers[idx];
         c.push(e);

@@ -185,9 +185,15 @@ impl Ring {
         tail.wrapping_sub(head) < self.slots.len()
     }
 
-    /// Producer side: appends `e`. Call under the queue lock, after
-    /// [`has_room`](Self::has_room) said yes.
-    pub(crate) fn push(&self, e: Entry) {
+    /// Producer side: appends the entry `e` makes. Call under the queue
+    /// lock, after [`has_room`](Self::has_room) said yes.
+    ///
+    /// The entry is built in its slot (`e` and this are inlined): built
+    /// first and then moved in, it was copied twice more on the way, each
+    /// copy reading what the one before had just stored, and a publish took
+    /// some 8 ns more (one thread, alternated in one process).
+    #[inline]
+    pub(crate) fn push(&self, e: impl FnOnce() -> Entry) {
         let tail = self.producer.tail.load(Ordering::Relaxed);
         let slot = &self.slots[tail & self.mask];
         slot.entry.with_mut(|p| {
@@ -195,7 +201,7 @@ impl Ring {
             // (acquiring the consumer's release of it), so the consumer is
             // done with it, and only the producer, which the queue lock
             // makes unique, writes slots.
-            unsafe { (*p).write(e) };
+            unsafe { (*p).write(e()) };
         });
         // Publishes the entry to the consumer.
         slot.stamp.store(tail.wrapping_add(1), Ordering::Release);
@@ -324,7 +330,7 @@ mod tests {
         for round in 0..1000u64 {
             // Fill by a varying amount, then drain part of it.
             while ring.has_room() && pushed < popped + 1 + round % fill {
-                ring.push(entry(pushed, &body));
+                ring.push(|| entry(pushed, &body));
                 pushed += 1;
             }
             assert_eq!(ring.len() as u64, pushed - popped);
@@ -346,12 +352,12 @@ mod tests {
     fn a_full_ring_says_so_and_frees_a_slot_per_pop() {
         let body = Bytes::from_static(b"b");
         let ring = Ring::for_prefetch(2);
-        ring.push(entry(0, &body));
-        ring.push(entry(1, &body));
+        ring.push(|| entry(0, &body));
+        ring.push(|| entry(1, &body));
         assert!(!ring.has_room());
         assert_eq!(ring.pop().map(|e| e.seq()), Some(0));
         assert!(ring.has_room());
-        ring.push(entry(2, &body));
+        ring.push(|| entry(2, &body));
         assert_eq!(ring.pop().map(|e| e.seq()), Some(1));
         assert_eq!(ring.pop().map(|e| e.seq()), Some(2));
         assert!(ring.pop().is_none());
@@ -363,7 +369,7 @@ mod tests {
         let body = Bytes::from(vec![1u8; 64]);
         let ring = Ring::for_prefetch(8);
         for seq in 0..5 {
-            ring.push(entry(seq, &body));
+            ring.push(|| entry(seq, &body));
         }
         drop(ring.pop());
         assert!(!body.is_unique());
