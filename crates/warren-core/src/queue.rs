@@ -575,10 +575,10 @@ impl Queue {
         None
     }
 
-    /// Hands a copy (`e` builds it in the ring) to the consumer whose credit was taken, and wakes its
-    /// receiver if one sleeps. No fence between the two: receivers register
-    /// to sleep under the queue lock, which this holds (see
-    /// `ConsumerShared::register`).
+    /// Hands a copy (`e` builds it in the ring) to the consumer whose credit
+    /// was taken, and wakes its receiver if one sleeps. No fence between the
+    /// two: receivers register to sleep under the queue lock, which this
+    /// holds (see `ConsumerShared::register`).
     #[inline]
     fn hand_to(&self, st: &mut QueueState, idx: usize, e: impl FnOnce() -> Entry) {
         st.counters.delivered += 1;
