@@ -209,7 +209,7 @@ impl Gone {
             // Copies still counted unacked can never be answered now (a
             // forgotten `Delivery`): they went with the queue.
             g.deleted += c.deleted + q.unacked(&st);
-            self.acked += q.answers.acked.load(Ordering::Relaxed);
+            self.acked += q.acked(&st);
         });
     }
 
@@ -1183,7 +1183,7 @@ fn stats_of(q: &Queue, st: &QueueState) -> QueueStats {
         ready_bytes: st.ready_bytes,
         unacked: q.unacked(st),
         consumers: st.consumers.len() as u32,
-        acked: q.answers.acked.load(Ordering::Relaxed),
+        acked: q.acked(st),
         ..QueueStats::default()
     };
     add_counters(&mut s, &st.counters);

@@ -76,7 +76,7 @@ pub(crate) struct ConsumerShared {
 
 /// Prefetch credit, the dispatcher's half. Copies in flight (dispatched and
 /// not yet answered; for no-ack consumers, not yet received) are
-/// `dispatched` minus [`Returns::answered`], wrapping: two counts on two
+/// `dispatched` minus the answers ([`Returns::answered`]), wrapping: two counts on two
 /// cache lines, each written by one side. The dispatcher reads the answers'
 /// count only when the last value it read leaves no credit, so with a
 /// window to spare neither side touches the other's line per message. (One
@@ -90,23 +90,41 @@ struct Credit {
     /// Copies dispatched; written by the dispatcher alone, under the queue
     /// lock. Not counted without a window (`prefetch` 0).
     dispatched: AtomicU32,
-    /// The last value of `Returns::answered` the dispatcher read.
+    /// The last count of answers the dispatcher read.
     answered_seen: AtomicU32,
 }
 
-/// Prefetch credit, the answering side's half.
+/// The answering side's counts: prefetch credit given back, and the acks
+/// the queue's stats count.
+///
+/// An ack adds to `acked` alone: one locked instruction gives the credit
+/// back and counts the ack for the stats. (The queue counted acks on a
+/// counter of its own as well, one more locked instruction per message on
+/// the receiving side of a two-thread hop.) The queue sums the `acked` of
+/// its consumers, including those that went but whose deliveries may still
+/// be answered (`QueueState::departed`).
 #[derive(Debug)]
 #[repr(align(128))]
-struct Returns {
+pub(crate) struct Returns {
     /// `Credit::prefetch` again, so that an answer reads nothing on the
     /// dispatcher's line.
     prefetch: u32,
     /// How many answers a starved consumer collects before it calls the
     /// dispatcher back, unless it runs dry first (see [`Starved`]).
     batch: u32,
-    /// Copies answered (for no-ack consumers: received). Not counted
-    /// without a window.
-    answered: AtomicU32,
+    /// Copies acknowledged (for no-ack consumers: received).
+    acked: AtomicU64,
+    /// Copies answered otherwise (requeued, discarded; the queue counts
+    /// those in its stats itself).
+    released: AtomicU64,
+}
+
+impl Returns {
+    /// Copies answered, either way (wrapping, as credit counts).
+    fn answered(&self) -> u32 {
+        let acked = self.acked.load(Ordering::SeqCst);
+        acked.wrapping_add(self.released.load(Ordering::SeqCst)) as u32
+    }
 }
 
 /// The dispatcher found the consumer at its limit, and stops looking at its
@@ -252,7 +270,8 @@ impl ConsumerShared {
             returns: Returns {
                 prefetch,
                 batch: (prefetch / BATCH_OF_WINDOW).max(1),
-                answered: AtomicU32::new(0),
+                acked: AtomicU64::new(0),
+                released: AtomicU64::new(0),
             },
             starved: Starved {
                 at: AtomicU64::new(0),
@@ -316,7 +335,7 @@ impl ConsumerShared {
             return false;
         }
         let has_credit = || {
-            let answered = r.answered.load(Ordering::SeqCst);
+            let answered = r.answered();
             c.answered_seen.store(answered, Ordering::Relaxed);
             dispatched.wrapping_sub(answered) < c.prefetch
         };
@@ -346,24 +365,40 @@ impl ConsumerShared {
         }
     }
 
-    /// Gives one unit back, and sees to the dispatch it may make possible
-    /// (see [`owe_dispatch`](Self::owe_dispatch)).
-    fn release_credit(&self) {
-        if self.return_credit(false) {
+    /// The acks this consumer counted (see [`Returns`]).
+    pub(crate) fn acked(&self) -> u64 {
+        self.returns.acked.load(Ordering::Acquire)
+    }
+
+    /// Counts a no-ack receipt as an ack, gives its unit of credit back,
+    /// and sees to the dispatch that may make possible (see
+    /// [`owe_dispatch`](Self::owe_dispatch)).
+    fn received_no_ack(&self) {
+        if self.answered(true, false) {
             self.owe_dispatch();
         }
     }
 
-    /// Gives one unit back; true if this answer calls the dispatcher back
+    /// Counts an answer, an ack or not (see [`Returns`]), which gives one
+    /// unit of credit back; true if this answer calls the dispatcher back
     /// to a starved consumer (see [`Starved`]), so the queue may hold
     /// messages for it. `now`: call back whatever the count (the caller
     /// dispatches anyway).
-    fn return_credit(&self, now: bool) -> bool {
+    fn answered(&self, ack: bool, now: bool) -> bool {
         let r = &self.returns;
+        let (count, other) = if ack {
+            (&r.acked, &r.released)
+        } else {
+            (&r.released, &r.acked)
+        };
+        let counted = count.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
         if r.prefetch == 0 {
             return false;
         }
-        let answered = r.answered.fetch_add(1, Ordering::SeqCst).wrapping_add(1);
+        // The other count only paces the call back (an answer reads its
+        // own add; a stale other count calls back a little later, and a
+        // receiver running dry calls back anyway).
+        let answered = counted.wrapping_add(other.load(Ordering::Relaxed)) as u32;
         // No fence instruction here, on every answer: the `SeqCst` add and
         // load are ordered as the hand-over needs (see `seqcst_handover`).
         seqcst_handover();
@@ -435,10 +470,7 @@ impl ConsumerShared {
     fn ran_dry(&self) {
         fence(Ordering::SeqCst);
         let at = self.starved.at.load(Ordering::SeqCst);
-        if at != 0
-            && self.returns.answered.load(Ordering::SeqCst) != at as u32
-            && self.call_back(at)
-        {
+        if at != 0 && self.returns.answered() != at as u32 && self.call_back(at) {
             self.queue.redispatch();
         }
         self.pay_owed();
@@ -795,9 +827,13 @@ impl Consumer {
         let mut after = AfterUnlock::default();
         let auto_delete = {
             let mut st = queue.lock();
-            let before = st.consumers.len();
-            st.consumers.retain(|c| c.id != self.shared.id);
-            let removed = st.consumers.len() != before;
+            let at = st.consumers.iter().position(|c| c.id == self.shared.id);
+            // Its acks still count in the queue's stats (see `Returns`).
+            let removed = at.is_some();
+            if let Some(i) = at {
+                let gone = st.consumers.remove(i);
+                st.departed.push(gone);
+            }
             if removed && self.shared.exclusive {
                 st.has_exclusive_consumer = false;
             }
@@ -892,9 +928,7 @@ impl Consumer {
     fn deliver(&self, entry: Entry, tag: u64) -> Delivery {
         let pending = if self.shared.no_ack { 0 } else { PENDING };
         if self.shared.no_ack {
-            let q = &self.queue;
-            q.answers.ack();
-            self.shared.release_credit();
+            self.shared.received_no_ack();
         }
         Delivery {
             entry,
@@ -932,7 +966,9 @@ impl Drop for Consumer {
             .fetch_add(CLOSED.wrapping_sub(made), Ordering::AcqRel);
         // SAFETY: `shared` is not used after this.
         let shared = unsafe { ManuallyDrop::take(&mut self.shared) };
-        if before != made {
+        if before == made {
+            self.queue.forget_departed(&shared);
+        } else {
             let _ = ConsumerArc::into_raw(shared);
         }
     }
@@ -1074,7 +1110,8 @@ impl Drop for Held {
             // SAFETY: the `Consumer` gave up its reference with
             // `into_raw`, for exactly this; nothing else reads through
             // this pointer any more.
-            drop(unsafe { ConsumerArc::from_raw(self.0.as_ptr()) });
+            let shared = unsafe { ConsumerArc::from_raw(self.0.as_ptr()) };
+            shared.queue.forget_departed(&shared);
         }
     }
 }
@@ -1092,6 +1129,7 @@ impl fmt::Debug for Delivery {
 }
 
 /// How a delivery was answered.
+#[derive(Clone, Copy)]
 enum Answer {
     Ack,
     Requeue,
@@ -1211,10 +1249,11 @@ impl Delivery {
         // Only an ack needs to see to the dispatch its credit makes possible:
         // a requeue or a discard runs one anyway, after the copy is back.
         let owes = match &self.origin {
-            Origin::Consumer(c) if c.get().return_credit(!matches!(answer, Answer::Ack)) => {
-                Some(c.get())
+            Origin::Consumer(c) => {
+                let ack = matches!(answer, Answer::Ack);
+                c.get().answered(ack, !ack).then(|| c.get())
             }
-            _ => None,
+            Origin::Get(_) => None,
         };
         // A requeue or a discard moves the content out (see below).
         let content = match answer {
@@ -1222,9 +1261,11 @@ impl Delivery {
             Answer::Requeue | Answer::Discard => Some(std::mem::take(&mut self.entry.content)),
         };
         let q = self.q();
-        match answer {
-            Answer::Ack => q.answers.ack(),
-            Answer::Requeue | Answer::Discard => q.answers.release(1),
+        match (answer, &self.origin) {
+            // A consumer counted it (see `Returns`).
+            (Answer::Ack, Origin::Consumer(_)) => {}
+            (Answer::Ack, Origin::Get(_)) => q.answers.ack(),
+            (Answer::Requeue | Answer::Discard, _) => q.answers.release(1),
         }
         match answer {
             Answer::Ack => {

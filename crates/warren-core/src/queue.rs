@@ -156,6 +156,11 @@ pub(crate) struct QueueState {
     pub(crate) ready: VecDeque<Entry>,
     pub(crate) ready_bytes: u64,
     pub(crate) consumers: Vec<ConsumerArc<ConsumerShared>>,
+    /// Consumers cancelled (or cut off by the queue's deletion) whose
+    /// deliveries may still be answered: their acks count in the queue's
+    /// stats (see `Returns` in `consumer.rs`) until the last reference to
+    /// them goes, which folds them into `Answers::acked`.
+    pub(crate) departed: Vec<ConsumerArc<ConsumerShared>>,
     rr: usize,
     next_seq: u64,
     pub(crate) deleted: bool,
@@ -202,16 +207,17 @@ pub(crate) struct Queue {
 
 /// Counters the answering side bumps without the queue lock. Every copy
 /// handed out (under the lock, counted in `Counters::delivered`) is settled
-/// by exactly one of them: an ack adds to one counter, not two.
+/// by exactly one of them, or by one consumer's ack count (see `Returns` in
+/// `consumer.rs`): an ack adds to one counter, not two.
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub(crate) struct Answers {
-    /// Copies acknowledged (or received in no-ack mode, or taken by a no-ack
-    /// `get`).
+    /// Copies acknowledged that `get` took (or that a no-ack `get` took),
+    /// and the acks of consumers that are gone.
     pub(crate) acked: AtomicU64,
     /// Copies settled otherwise: requeued, discarded, given back by a
     /// dropped consumer, or dropped with their queue.
-    released: AtomicU64,
+    pub(crate) released: AtomicU64,
 }
 
 impl Answers {
@@ -223,12 +229,6 @@ impl Answers {
     /// `n` handed-out copies are settled without an ack.
     pub(crate) fn release(&self, n: u64) {
         self.released.fetch_add(n, Ordering::Release);
-    }
-
-    /// Copies settled, either way.
-    fn settled(&self) -> u64 {
-        let acked = self.acked.load(Ordering::Acquire);
-        acked.wrapping_add(self.released.load(Ordering::Acquire))
     }
 }
 
@@ -617,7 +617,29 @@ impl Queue {
     /// every hand-out happens under the lock and precedes its answer, so the
     /// difference cannot go negative.
     pub(crate) fn unacked(&self, st: &QueueState) -> u64 {
-        st.counters.delivered.saturating_sub(self.answers.settled())
+        let released = self.answers.released.load(Ordering::Acquire);
+        let settled = self.acked(st).wrapping_add(released);
+        st.counters.delivered.saturating_sub(settled)
+    }
+
+    /// Copies acknowledged: those counted here, and those its consumers
+    /// counted, the departed ones' too. Call with the queue locked.
+    pub(crate) fn acked(&self, st: &QueueState) -> u64 {
+        let by_consumers = st.consumers.iter().chain(&st.departed);
+        let acked = self.answers.acked.load(Ordering::Acquire);
+        by_consumers.fold(acked, |n, c| n.wrapping_add(c.acked()))
+    }
+
+    /// The last reference to a departed consumer is going: its acks move
+    /// into the queue's own count, and the queue lets go of it.
+    pub(crate) fn forget_departed(&self, c: &ConsumerArc<ConsumerShared>) {
+        let mut st = self.lock();
+        if let Some(i) = st.departed.iter().position(|d| ConsumerArc::ptr_eq(d, c)) {
+            let gone = st.departed.swap_remove(i);
+            self.answers
+                .acked
+                .fetch_add(gone.acked(), Ordering::Release);
+        }
     }
 
     pub(crate) fn next_get_tag(&self) -> u64 {
@@ -642,10 +664,11 @@ impl Queue {
         st.ready.clear();
         st.ready_bytes = 0;
         st.counters.deleted += n;
-        for c in st.consumers.drain(..) {
+        while let Some(c) = st.consumers.pop() {
             let dropped = c.cancel_by_server();
             st.counters.deleted += dropped;
             self.answers.release(dropped);
+            st.departed.push(c);
         }
         st.room.notify_all();
         n
