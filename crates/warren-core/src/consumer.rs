@@ -76,10 +76,10 @@ pub(crate) struct ConsumerShared {
 
 /// Prefetch credit, the dispatcher's half. Copies in flight (dispatched and
 /// not yet answered; for no-ack consumers, not yet received) are
-/// `dispatched` minus the answers ([`Returns::answered`]), wrapping: two counts on two
-/// cache lines, each written by one side. The dispatcher reads the answers'
-/// count only when the last value it read leaves no credit, so with a
-/// window to spare neither side touches the other's line per message. (One
+/// `dispatched` minus the answers ([`Returns::answered`]), wrapping: counts
+/// on two cache lines, each written by one side. The dispatcher reads the
+/// answers' count only when the last value it read leaves no credit, so with
+/// a window to spare neither side touches the other's line per message. (One
 /// shared in-flight count, added to by one core and taken from by the other,
 /// moved its line between them twice a message: a quarter of the two-thread
 /// hop's time in a profile.)
