@@ -386,19 +386,18 @@ impl Queue {
         if expires_at != u64::MAX && !self.timed.load(Ordering::Relaxed) {
             self.timed.store(true, Ordering::Relaxed);
         }
+        // Built where it goes: in a consumer's ring slot, or in the queue.
+        let mut entry = || Entry::new(Content::copy(content, last), seq, expires_at, false);
         // A consumer waiting on an empty queue gets the message before its
         // TTL is looked at: a TTL of 0 means "now or never" (RabbitMQ).
         if st.ready.is_empty() {
             if let Some(idx) = Self::take_credit(st) {
-                self.hand_to(st, idx, || {
-                    Entry::new(Content::copy(content, last), seq, expires_at, false)
-                });
+                self.hand_to(st, idx, entry);
                 return Offer::Accepted;
             }
         }
-        let entry = Entry::new(Content::copy(content, last), seq, expires_at, false);
         st.ready_bytes += bytes;
-        st.ready.push_back(entry);
+        st.ready.push_back(entry());
         self.dispatch(st, now, after);
         // Nobody took it: a message whose TTL is already up goes now.
         self.expire_head(st, now, after);
